@@ -1,0 +1,172 @@
+"""The audit event contract of shared/spec/audit-events.md, in exactly one place.
+
+Handlers call the builders below; the sinks ship what they return; the tests compare
+against SPEC_FIELDS. Field names and types here are a public contract: add, never rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+# Tag suffix (after the configured prefix) and event_type of every event.
+TAGS: dict[str, str] = {
+    "boot_notification": "boot",
+    "status_notification": "status",
+    "transaction_start": "transaction.start",
+    "transaction_stop": "transaction.stop",
+    "meter_values": "meter",
+    "heartbeat": "heartbeat",
+    "authorize": "authorize",
+    "websocket_connect": "websocket",
+    "websocket_disconnect": "websocket",
+    # Additions (allowed by the contract): the other charger-initiated messages.
+    "data_transfer": "data_transfer",
+    "diagnostics_status": "diagnostics",
+    "firmware_status": "firmware",
+}
+
+COMMON_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "event_type": str,
+    "charge_point_id": str,
+    "timestamp": str,
+    "event_id": str,
+}
+
+NoneType = type(None)
+
+# The fields each event_type must carry, with their types, as the spec fixes them.
+SPEC_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "boot_notification": {
+        "vendor": str,
+        "model": str,
+        "serial_number": (str, NoneType),
+        "firmware_version": (str, NoneType),
+        "status": str,
+    },
+    "status_notification": {"connector_id": int, "status": str, "error_code": str},
+    "transaction_start": {
+        "connector_id": int,
+        "id_tag": (str, NoneType),
+        "meter_start": int,
+        "transaction_id": int,
+        "transaction_timestamp": str,
+    },
+    "transaction_stop": {
+        "transaction_id": int,
+        "meter_stop": int,
+        "energy_delivered": int,
+        "reason": str,
+        "transaction_timestamp": str,
+    },
+    "meter_values": {
+        "connector_id": int,
+        "transaction_id": (int, NoneType),
+        "samples_count": int,
+        "measurands": list,
+    },
+    "heartbeat": {},
+    "authorize": {"id_tag": (str, NoneType), "status": str},
+    "websocket_connect": {"remote_address": str},
+    "websocket_disconnect": {"remote_address": str},
+}
+
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One Fluentd event: tag, event time in nanoseconds, and the record."""
+
+    tag: str
+    time_ns: int
+    record: dict[str, Any] = field(hash=False)
+
+    @property
+    def durable(self) -> bool:
+        """Transaction events must be on disk before the charger gets its answer."""
+        return self.record["event_type"] in ("transaction_start", "transaction_stop")
+
+
+def iso_utc(time_ns: int) -> str:
+    """ISO 8601 UTC with millisecond digits and Z, e.g. 2024-01-15T10:00:00.123Z."""
+    seconds, rest = divmod(time_ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+
+
+class IdTagPolicy:
+    """How id_tag (personal data) leaves Levity: as is, pseudonymized, or omitted.
+
+    Pseudonyms are HMAC-SHA256 with an operator-held key, so the same tag always maps to
+    the same value (sessions still join) but cannot be reversed without the key.
+    """
+
+    MODES = ("plain", "pseudonymize", "omit")
+
+    def __init__(self, mode: str = "plain", key: bytes | None = None):
+        if mode not in self.MODES:
+            raise ValueError(f"id_tag mode must be one of {', '.join(self.MODES)}, not {mode!r}")
+        if mode == "pseudonymize" and not key:
+            raise ValueError("id_tag mode 'pseudonymize' needs a key (LEVITY_ID_TAG_KEY or LEVITY_ID_TAG_KEY_FILE)")
+        self.mode = mode
+        self._key = key or b""
+
+    def apply(self, id_tag: str | None) -> str | None:
+        if id_tag is None or self.mode == "plain":
+            return id_tag
+        if self.mode == "omit":
+            return None
+        digest = hmac.new(self._key, id_tag.encode("utf-8"), hashlib.sha256).hexdigest()
+        return "hmac-sha256:" + digest[:32]
+
+
+class EventFactory:
+    """Builds contract-conforming events; one instance per server, shared by handlers."""
+
+    def __init__(self, tag_prefix: str = "ocpp", id_tags: IdTagPolicy | None = None, clock=time.time_ns):
+        self.tag_prefix = tag_prefix
+        self.id_tags = id_tags or IdTagPolicy()
+        self._clock = clock
+
+    def make(self, event_type: str, charge_point_id: str, **fields: Any) -> AuditEvent:
+        # Event time and `timestamp` are one instant: both come from this truncated value.
+        now_ns = self._clock() // 1_000_000 * 1_000_000
+        record = {
+            "event_type": event_type,
+            "charge_point_id": charge_point_id,
+            "timestamp": iso_utc(now_ns),
+            "event_id": uuid.uuid4().hex,
+        }
+        if "id_tag" in fields:
+            fields["id_tag"] = self.id_tags.apply(fields["id_tag"])
+        record.update(fields)
+        return AuditEvent(f"{self.tag_prefix}.{TAGS[event_type]}", now_ns, record)
+
+
+def count_samples(meter_value: list[dict]) -> tuple[int, list[str]]:
+    """samples_count and measurands (distinct, first-appearance order) of a MeterValues request."""
+    count = 0
+    measurands: dict[str, None] = {}
+    for entry in meter_value:
+        for sample in entry.get("sampledValue", ()):
+            count += 1
+            measurands.setdefault(sample.get("measurand") or DEFAULT_MEASURAND, None)
+    return count, list(measurands)
+
+
+def conformance_errors(record: dict[str, Any]) -> list[str]:
+    """What in `record` breaks the contract (empty when it conforms). Used by tests and doctor."""
+    errors = []
+    event_type = record.get("event_type")
+    if event_type not in SPEC_FIELDS:
+        return [f"unknown event_type {event_type!r}"]
+    for name, expected in {**COMMON_FIELDS, **SPEC_FIELDS[event_type]}.items():
+        if name not in record:
+            errors.append(f"{event_type}: missing field {name!r}")
+        elif not isinstance(record[name], expected) or isinstance(record[name], bool):
+            errors.append(f"{event_type}: field {name!r} is {type(record[name]).__name__}, expected {expected}")
+    return errors

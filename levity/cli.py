@@ -1,0 +1,58 @@
+"""The `levity` command: serve, fluentd (render/validate/profiles), doctor."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from levity import __version__
+from levity.config import ConfigError, add_arguments, load_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from levity.server import run
+
+    settings = load_settings(args)
+    return run(settings)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="levity",
+        description="OCPP 1.6J central system that sends one audit event per exchange to Fluentd.",
+    )
+    parser.add_argument("--version", action="version", version=f"levity {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the OCPP central system",
+        description="Run the OCPP 1.6J central system. Chargers connect to ws://HOST:PORT/<charge_point_id> "
+                    "with the ocpp1.6 subprotocol. Every option can also be set by the environment variable shown.",
+    )
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    # Each concern registers its own sub-commands.
+    from levity.fluentconf.cli import register as register_fluentd
+    register_fluentd(commands)
+    try:
+        from levity.doctor import register as register_doctor
+    except ImportError:  # doctor arrives with lossless delivery
+        pass
+    else:
+        register_doctor(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"levity: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

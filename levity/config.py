@@ -1,0 +1,167 @@
+"""Levity's settings: read once at start from the environment and the command line.
+
+Every option has an environment variable (the contract fixes FLUENTD_ENABLED, FLUENTD_HOST
+and FLUENTD_PORT; the rest are LEVITY_*) and a flag; a flag wins over the environment.
+Nothing below the entry point reads the environment: it gets a Settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting has a value Levity cannot use; the message names the setting."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"expected a port 0-65535, got {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    """Bytes from '512MB', '64k', '1g' or a plain number."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
+    if cleaned and cleaned[-1] in units:
+        return int(float(cleaned[:-1]) * units[cleaned[-1]])
+    return int(cleaned)
+
+
+def opt(env: str, default: Any, help: str, *, parse=str, choices: tuple[str, ...] | None = None,
+        secret: bool = False, metavar: str | None = None) -> Any:
+    return field(default=default, metadata={
+        "env": env, "help": help, "parse": parse, "choices": choices, "secret": secret, "metavar": metavar,
+    })
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Serving
+    host: str = opt("LEVITY_HOST", "0.0.0.0", "address to listen on")
+    port: int = opt("LEVITY_PORT", 9000, "WebSocket port chargers connect to", parse=_port)
+    database: str = opt("LEVITY_DATABASE", "levity.db", "SQLite database file (':memory:' keeps nothing)")
+    boot_policy: str = opt(
+        "LEVITY_BOOT_POLICY", "accept",
+        "BootNotification answer for chargers not registered in the database: accept them "
+        "(and register), or answer pending/rejected", choices=("accept", "pending", "rejected"))
+    heartbeat_interval: int = opt("LEVITY_HEARTBEAT_INTERVAL", 300,
+                                  "heartbeat interval (s) sent in the BootNotification answer", parse=int)
+    id_tags_file: str | None = opt(
+        "LEVITY_ID_TAGS_FILE", None,
+        "YAML/JSON mapping of id tag to status (Accepted, Blocked, Expired, Invalid); "
+        "when set, tags not listed are Invalid. Unset: every tag is Accepted")
+    log_level: str = opt("LEVITY_LOG_LEVEL", "INFO", "log level", parse=str.upper,
+                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    # Audit events
+    tag_prefix: str = opt("LEVITY_TAG_PREFIX", "ocpp", "Fluentd tag prefix of audit events")
+    audit_sink: str = opt(
+        "LEVITY_AUDIT_SINK", "stdout",
+        "where audit events go when Fluentd is disabled: JSON lines on stdout, to --audit-file, or nowhere",
+        choices=("stdout", "file", "none"))
+    audit_file: str = opt("LEVITY_AUDIT_FILE", "levity-audit.jsonl", "JSON lines file for --audit-sink file")
+    id_tag_mode: str = opt("LEVITY_ID_TAG_MODE", "plain",
+                           "id_tag in audit events: as is, keyed hash (HMAC-SHA256), or omitted (null)",
+                           choices=("plain", "pseudonymize", "omit"))
+    id_tag_key: str | None = opt("LEVITY_ID_TAG_KEY", None, "key for --id-tag-mode pseudonymize", secret=True)
+    id_tag_key_file: str | None = opt("LEVITY_ID_TAG_KEY_FILE", None, "file holding the pseudonymization key")
+
+    # Fluentd (names fixed by the audit event contract)
+    fluentd_enabled: bool = opt("FLUENTD_ENABLED", False, "send audit events to Fluentd (true/false)",
+                                parse=_bool, metavar="BOOL")
+    fluentd_host: str = opt("FLUENTD_HOST", "localhost", "Fluentd forward input host")
+    fluentd_port: int = opt("FLUENTD_PORT", 24224, "Fluentd forward input port", parse=_port)
+    fluentd_timeout: float = opt("FLUENTD_TIMEOUT", 3.0, "seconds to connect or wait for an ack",
+                                 parse=_positive_float)
+    fluentd_tls: bool = opt("FLUENTD_TLS", False, "connect to Fluentd over TLS", parse=_bool, metavar="BOOL")
+    fluentd_tls_ca: str | None = opt("FLUENTD_TLS_CA", None, "CA bundle to verify Fluentd's certificate")
+    fluentd_tls_verify: bool = opt("FLUENTD_TLS_VERIFY", True, "verify Fluentd's certificate and host name",
+                                   parse=_bool, metavar="BOOL")
+    fluentd_shared_key: str | None = opt("FLUENTD_SHARED_KEY", None,
+                                         "shared key of Fluentd's <security> section", secret=True)
+    fluentd_shared_key_file: str | None = opt("FLUENTD_SHARED_KEY_FILE", None, "file holding the shared key")
+    fluentd_self_hostname: str = opt("FLUENTD_SELF_HOSTNAME", "levity", "hostname announced in the handshake")
+    spool_dir: str = opt("LEVITY_SPOOL_DIR", "levity-spool", "directory of the audit spool (unacknowledged events)")
+    spool_max_bytes: int = opt("LEVITY_SPOOL_MAX_BYTES", 512 << 20, "spool size bound, e.g. 512MB", parse=_size)
+    spool_overflow: str = opt("LEVITY_SPOOL_OVERFLOW", "drop_oldest",
+                              "what happens when the spool is full", choices=("block", "drop_oldest", "drop_newest"))
+    flush_interval: float = opt("LEVITY_FLUSH_INTERVAL", 0.2,
+                                "longest wait (s) before a batch of non-transaction events is written",
+                                parse=_positive_float)
+    batch_size: int = opt("LEVITY_BATCH_SIZE", 500, "most events per Forward batch", parse=int)
+
+    def secret(self, name: str) -> bytes | None:
+        """The value of a secret setting, from its variable or its *_file companion."""
+        value = getattr(self, name)
+        path = getattr(self, name + "_file", None)
+        if value:
+            return value.encode()
+        if path:
+            try:
+                return Path(path).read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_file: cannot read {path}: {exc.strerror}") from exc
+        return None
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings for logs and doctor: secrets shown as set/unset, never their value."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = ("<set>" if value else None) if f.metadata["secret"] else value
+        return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; help shows the variable and its default."""
+    for f in fields(Settings):
+        meta = f.metadata
+        secret_note = " (secret: prefer the variable or a file)" if meta["secret"] else ""
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, choices=meta["choices"],
+            metavar=meta["metavar"], type=meta["parse"] if meta["parse"] is not _bool else str,
+            help=f"{meta['help']} [env {meta['env']}, default {f.default!r}]{secret_note}",
+        )
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags over environment over defaults; ConfigError names what is wrong."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        meta = f.metadata
+        flag = getattr(args, f.name, None) if args is not None else None
+        raw, source = (flag, "--" + f.name.replace("_", "-")) if flag is not None else (environ.get(meta["env"]), meta["env"])
+        if raw is None or (isinstance(raw, str) and raw == "" and f.default is None):
+            continue
+        try:
+            value = meta["parse"](raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(f"{source}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+        values[f.name] = value
+    return Settings(**values)

@@ -1,0 +1,1 @@
+"""fluent.conf generator: YAML profiles in, Fluentd configs out."""
