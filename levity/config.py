@@ -73,6 +73,10 @@ class Settings:
         "LEVITY_ID_TAGS_FILE", None,
         "YAML/JSON mapping of id tag to status (Accepted, Blocked, Expired, Invalid); "
         "when set, tags not listed are Invalid. Unset: every tag is Accepted")
+    lenient_measurands: bool = opt(
+        "LEVITY_LENIENT_MEASURANDS", False,
+        "accept out-of-spec measurand/unit/phase/context/location values in MeterValues and "
+        "StopTransaction (for chargers known to send them)", parse=_bool, metavar="BOOL")
     log_level: str = opt("LEVITY_LOG_LEVEL", "INFO", "log level", parse=str.upper,
                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

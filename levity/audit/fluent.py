@@ -38,7 +38,7 @@ class FluentLoggerSink:
     def emit(self, event: AuditEvent) -> None:
         seconds, nanos = divmod(event.time_ns, 1_000_000_000)
         # An empty sender tag makes fluent-logger use the label as the whole tag.
-        self._sender.emit_with_time(event.tag, EventTime(seconds + nanos / 1e9), event.record)
+        self._sender.emit_with_time(event.tag, EventTime(seconds, nanos), event.record)
         self._emitted += 1
 
     async def emit_durable(self, event: AuditEvent) -> None:

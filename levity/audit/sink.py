@@ -81,7 +81,7 @@ class JsonLinesSink:
         pass
 
     def emit(self, event: AuditEvent) -> None:
-        line = json.dumps({"tag": event.tag, "time": event.time_ns / 1e9, "record": event.record},
+        line = json.dumps({"tag": event.tag, "time": round(event.time_ns / 1e9, 3), "record": event.record},
                           ensure_ascii=False, separators=(",", ":"))
         try:
             self._stream.write(line + "\n")

@@ -1,0 +1,260 @@
+"""One handler per OCPP 1.6 action a charge point sends: answer, store, audit.
+
+Handlers follow the `ocpp` library's own examples (`@on(Action...)` on a ChargePoint
+subclass, snake_case keyword arguments, `call_result` dataclasses as answers). Framing and
+validation are Levity's (levity.protocol), so every handler is registered with
+skip_schema_validation: the payload was already checked against the same schemas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.routing import on
+from ocpp.v16 import ChargePoint as OcppChargePoint
+from ocpp.v16 import call_result
+from ocpp.v16.datatypes import IdTagInfo
+from ocpp.v16.enums import Action, AuthorizationStatus
+
+from levity.audit.events import EventFactory, count_samples, iso_utc
+from levity.audit.sink import AuditSink
+from levity.protocol import CALLRESULT, Call, CallError, PayloadValidator, Reply, call_result as encode_result
+from levity.protocol import check_action, parse_frame
+from levity.store import Store
+
+log = logging.getLogger(__name__)
+
+RETRY_INTERVAL = 60  # seconds a Pending/Rejected charger waits before booting again
+AUTH_STATUSES = {s.value for s in AuthorizationStatus} - {"ConcurrentTx"}
+
+
+class Authorizer:
+    """Id tag decisions: every tag Accepted, or a list of tag -> Accepted/Blocked/Expired/Invalid
+    (tags not listed are Invalid)."""
+
+    def __init__(self, statuses: dict[str, str] | None = None):
+        self._statuses = statuses
+
+    @classmethod
+    def from_file(cls, path: str | None) -> "Authorizer":
+        if not path:
+            return cls(None)
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of id tag to status")
+        statuses = {}
+        for tag, status in data.items():
+            if status not in AUTH_STATUSES:
+                raise ValueError(f"{path}: id tag {tag!r}: status {status!r} is not one of {sorted(AUTH_STATUSES)}")
+            statuses[str(tag)] = status
+        return cls(statuses)
+
+    def status(self, id_tag: str) -> str:
+        if self._statuses is None:
+            return AuthorizationStatus.accepted.value
+        return self._statuses.get(id_tag, AuthorizationStatus.invalid.value)
+
+
+class CentralSystemContext:
+    """What every charge point handler shares: built once by the server."""
+
+    def __init__(self, *, store: Store, sink: AuditSink, events: EventFactory, authorizer: Authorizer,
+                 validator: PayloadValidator, boot_policy: str = "accept", heartbeat_interval: int = 300):
+        self.store = store
+        self.sink = sink
+        self.events = events
+        self.authorizer = authorizer
+        self.validator = validator
+        self.boot_policy = boot_policy
+        self.heartbeat_interval = heartbeat_interval
+
+
+def _now() -> str:
+    return iso_utc(time.time_ns())
+
+
+class ChargePoint(OcppChargePoint):
+    def __init__(self, charge_point_id: str, connection, context: CentralSystemContext):
+        super().__init__(charge_point_id, connection)
+        self.ctx = context
+
+    # Framing: every frame gets the answer OCPP-J names; nothing a charger sends stops the loop.
+
+    async def start(self) -> None:
+        async for raw in self._connection:
+            await self.route_message(raw)
+
+    async def route_message(self, raw: str | bytes) -> None:
+        try:
+            frame = parse_frame(raw)
+        except CallError as error:
+            log.warning("%s: malformed frame answered with %s: %s", self.id, error.code, error.description)
+            await self._send(error.frame())
+            return
+        if isinstance(frame, Reply):
+            self._take_reply(frame)
+            return
+        await self._send(await self.answer(frame))
+
+    async def answer(self, call: Call) -> str:
+        """The CALLRESULT or CALLERROR frame for one CALL."""
+        try:
+            check_action(call)
+            handlers = self.route_map.get(call.action)
+            if handlers is None:
+                raise CallError("NotSupported", f"{call.action} is not supported by Levity", call.unique_id)
+            self.ctx.validator.validate(call)
+            response = await handlers["_on_action"](**camel_to_snake_case(call.payload))
+            payload = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
+        except CallError as error:
+            log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
+                        error.code, error.description)
+            self.ctx.sink.emit(self.ctx.events.make(
+                "call_error", self.id, action=call.action[:64], unique_id=call.unique_id, error_code=error.code,
+                error_description=error.description))
+            return error.frame()
+        except Exception:
+            log.exception("%s: %s %s failed", self.id, call.action, call.unique_id)
+            return CallError("InternalError", "the Central System failed to handle this call", call.unique_id).frame()
+        log.debug("%s: %s %s answered", self.id, call.action, call.unique_id)
+        return encode_result(call.unique_id, payload)
+
+    def _take_reply(self, reply: Reply) -> None:
+        # A CALLRESULT/CALLERROR is only meaningful while our own call() waits for it.
+        if self._call_lock.locked():
+            from ocpp.messages import CallError as OcppCallError, CallResult as OcppCallResult
+
+            if reply.message_type == CALLRESULT:
+                self._response_queue.put_nowait(OcppCallResult(reply.unique_id, reply.payload))
+            else:
+                self._response_queue.put_nowait(OcppCallError(reply.unique_id, reply.error_code, "", reply.payload))
+        else:
+            log.warning("%s: ignored a reply to no pending call (unique id %s)", self.id, reply.unique_id[:36])
+
+    async def _send(self, message: str) -> None:
+        await self._connection.send(message)
+
+    # Handlers -----------------------------------------------------------------------------
+
+    @on(Action.boot_notification, skip_schema_validation=True)
+    async def on_boot_notification(self, charge_point_vendor: str, charge_point_model: str,
+                                   charge_point_serial_number: str | None = None,
+                                   charge_box_serial_number: str | None = None,
+                                   firmware_version: str | None = None, **_: Any):
+        store, now = self.ctx.store, _now()
+        if self.ctx.boot_policy == "accept":
+            status, registered = "Accepted", True
+        else:
+            registered = store.is_registered(self.id)
+            status = "Accepted" if registered else self.ctx.boot_policy.capitalize()
+        serial = charge_point_serial_number or charge_box_serial_number
+        store.record_boot(self.id, {"vendor": charge_point_vendor, "model": charge_point_model,
+                                    "serial_number": serial, "firmware_version": firmware_version},
+                          status, registered, now)
+        self.ctx.sink.emit(self.ctx.events.make(
+            "boot_notification", self.id, vendor=charge_point_vendor, model=charge_point_model,
+            serial_number=serial, firmware_version=firmware_version, status=status))
+        log.info("%s: BootNotification from %s %s: %s", self.id, charge_point_vendor, charge_point_model, status)
+        interval = self.ctx.heartbeat_interval if status == "Accepted" else RETRY_INTERVAL
+        return call_result.BootNotification(current_time=now, interval=interval, status=status)
+
+    @on(Action.heartbeat, skip_schema_validation=True)
+    async def on_heartbeat(self, **_: Any):
+        now = _now()
+        self.ctx.store.record_heartbeat(self.id, now)
+        self.ctx.sink.emit(self.ctx.events.make("heartbeat", self.id))
+        return call_result.Heartbeat(current_time=now)
+
+    @on(Action.status_notification, skip_schema_validation=True)
+    async def on_status_notification(self, connector_id: int, error_code: str, status: str,
+                                     info: str | None = None, timestamp: str | None = None,
+                                     vendor_error_code: str | None = None, **_: Any):
+        self.ctx.store.record_status(self.id, connector_id, status, error_code, info, vendor_error_code,
+                                     timestamp, _now())
+        self.ctx.sink.emit(self.ctx.events.make(
+            "status_notification", self.id, connector_id=connector_id, status=status, error_code=error_code))
+        return call_result.StatusNotification()
+
+    @on(Action.authorize, skip_schema_validation=True)
+    async def on_authorize(self, id_tag: str, **_: Any):
+        status = self.ctx.authorizer.status(id_tag)
+        self.ctx.sink.emit(self.ctx.events.make("authorize", self.id, id_tag=id_tag, status=status))
+        return call_result.Authorize(id_tag_info=IdTagInfo(status=status))
+
+    @on(Action.start_transaction, skip_schema_validation=True)
+    async def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
+                                   reservation_id: int | None = None, **_: Any):
+        status = self.ctx.authorizer.status(id_tag)
+        transaction_id = self.ctx.store.start_transaction(
+            self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, _now())
+        # Billing depends on this event: it is safe before the charger learns its transaction id.
+        await self.ctx.sink.emit_durable(self.ctx.events.make(
+            "transaction_start", self.id, connector_id=connector_id, id_tag=id_tag, meter_start=meter_start,
+            transaction_id=transaction_id, transaction_timestamp=timestamp))
+        log.info("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
+        return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=IdTagInfo(status=status))
+
+    @on(Action.stop_transaction, skip_schema_validation=True)
+    async def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int,
+                                  reason: str | None = None, id_tag: str | None = None,
+                                  transaction_data: list | None = None, **_: Any):
+        store = self.ctx.store
+        reason = reason or "Local"  # OCPP 1.6: an absent reason means Local
+        known = store.transaction(transaction_id)
+        if known is not None and known.charge_point_id != self.id:
+            known = None
+        extra: dict[str, Any] = {}
+        if known is None:
+            # Offline starts (-1) and ids we never issued: answer normally, or the charger
+            # retries forever; the event says so instead.
+            energy = 0
+            extra["unknown_transaction"] = True
+            log.warning("%s: StopTransaction for unknown transaction %d accepted", self.id, transaction_id)
+        else:
+            energy = meter_stop - known.meter_start
+            if not known.stopped:
+                store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now())
+            if transaction_data:
+                store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
+        await self.ctx.sink.emit_durable(self.ctx.events.make(
+            "transaction_stop", self.id, transaction_id=transaction_id, meter_stop=meter_stop,
+            energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra))
+        log.info("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
+        id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
+        return call_result.StopTransaction(id_tag_info=id_tag_info)
+
+    @on(Action.meter_values, skip_schema_validation=True)
+    async def on_meter_values(self, connector_id: int, meter_value: list, transaction_id: int | None = None,
+                              **_: Any):
+        self.ctx.store.add_meter_values(self.id, connector_id, transaction_id, meter_value)
+        samples_count, measurands = count_samples(meter_value)
+        self.ctx.sink.emit(self.ctx.events.make(
+            "meter_values", self.id, connector_id=connector_id, transaction_id=transaction_id,
+            samples_count=samples_count, measurands=measurands))
+        return call_result.MeterValues()
+
+    @on(Action.data_transfer, skip_schema_validation=True)
+    async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None,
+                               **_: Any):
+        # No vendor extensions are installed; the data itself stays out of the audit trail.
+        self.ctx.sink.emit(self.ctx.events.make(
+            "data_transfer", self.id, vendor_id=vendor_id, message_id=message_id,
+            data_length=len(data) if data else 0, status="UnknownVendorId"))
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+    @on(Action.diagnostics_status_notification, skip_schema_validation=True)
+    async def on_diagnostics_status_notification(self, status: str, **_: Any):
+        self.ctx.store.record_cp_status(self.id, "diagnostics_status", status)
+        self.ctx.sink.emit(self.ctx.events.make("diagnostics_status", self.id, status=status))
+        return call_result.DiagnosticsStatusNotification()
+
+    @on(Action.firmware_status_notification, skip_schema_validation=True)
+    async def on_firmware_status_notification(self, status: str, **_: Any):
+        self.ctx.store.record_cp_status(self.id, "firmware_status", status)
+        self.ctx.sink.emit(self.ctx.events.make("firmware_status", self.id, status=status))
+        return call_result.FirmwareStatusNotification()

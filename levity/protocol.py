@@ -1,0 +1,179 @@
+"""OCPP-J 1.6 framing: parse a WebSocket text frame, validate a CALL, build the answers.
+
+Written here rather than taken from the `ocpp` library's ChargePoint.route_message because
+that one answers malformed frames with silence, swaps NotImplemented and NotSupported,
+echoes whole raw messages in error details, and validates with interpreted jsonschema
+(about 40% of a server's time). The schemas are the library's own bundled OCA schemas,
+compiled once with fastjsonschema.
+
+Error codes (OCPP-J 1.6, section 4.2.3), as Levity uses them:
+
+| what is wrong                                      | CALLERROR code               |
+|----------------------------------------------------|------------------------------|
+| not JSON, not an array, bad element types/count    | FormationViolation           |
+| unknown message type id                            | FormationViolation           |
+| action not defined by OCPP 1.6                     | NotImplemented               |
+| 1.6 action that a Central System does not take     | NotSupported                 |
+| payload field of the wrong JSON type               | TypeConstraintViolation      |
+| missing required field, unexpected extra field     | OccurenceConstraintViolation |
+| value out of range: enum, length, minimum, format  | PropertyConstraintViolation  |
+| payload not an object                              | FormationViolation           |
+| handler failure                                    | InternalError                |
+
+When the unique id of a broken frame cannot be read, the answer carries "-1" (the convention
+OCPP 2.0.1 made explicit). CALLRESULT and CALLERROR frames are never answered (OCPP-J).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import fastjsonschema
+import ocpp.v16
+from ocpp.v16.enums import Action
+
+CALL, CALLRESULT, CALLERROR = 2, 3, 4
+MAX_UNIQUE_ID_LENGTH = 36
+MAX_DESCRIPTION_LENGTH = 255
+
+# Actions a charge point sends to a Central System in OCPP 1.6 (core and security whitepaper).
+CHARGE_POINT_ACTIONS = frozenset({
+    "Authorize", "BootNotification", "DataTransfer", "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification", "Heartbeat", "MeterValues", "StartTransaction",
+    "StatusNotification", "StopTransaction", "LogStatusNotification", "SecurityEventNotification",
+    "SignCertificate", "SignedFirmwareStatusNotification",
+})
+ALL_16_ACTIONS = frozenset(a.value for a in Action)
+
+_SCHEMA_DIR = Path(ocpp.v16.__file__).parent / "schemas"
+
+_RULE_TO_CODE = {
+    "type": "TypeConstraintViolation",
+    "required": "OccurenceConstraintViolation",
+    "additionalProperties": "OccurenceConstraintViolation",
+    "minItems": "OccurenceConstraintViolation",
+    "maxItems": "OccurenceConstraintViolation",
+}
+
+
+class CallError(Exception):
+    """An error to answer with a CALLERROR frame."""
+
+    def __init__(self, code: str, description: str, unique_id: str = "-1", details: dict | None = None):
+        super().__init__(f"{code}: {description}")
+        self.code = code
+        self.description = description[:MAX_DESCRIPTION_LENGTH]
+        self.unique_id = unique_id
+        self.details = details or {}
+
+    def frame(self) -> str:
+        return encode([CALLERROR, self.unique_id, self.code, self.description, self.details])
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    unique_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A CALLRESULT or CALLERROR from the charge point, answering one of our calls."""
+
+    message_type: int
+    unique_id: str
+    payload: Any
+    error_code: str | None = None
+
+
+def encode(message: list) -> str:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+def call_result(unique_id: str, payload: dict[str, Any]) -> str:
+    return encode([CALLRESULT, unique_id, payload])
+
+
+def parse_frame(raw: str | bytes) -> Call | Reply:
+    """Parse one frame; raise CallError (with the best unique id known) when it is broken."""
+    if isinstance(raw, bytes):
+        raise CallError("FormationViolation", "OCPP-J uses text frames; got a binary frame")
+    try:
+        message = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise CallError("FormationViolation", "frame is not valid JSON") from None
+    if not isinstance(message, list) or not message:
+        raise CallError("FormationViolation", "frame is not a JSON array [MessageTypeId, UniqueId, ...]")
+    unique_id = message[1] if len(message) > 1 and isinstance(message[1], str) else "-1"
+    if len(unique_id) > MAX_UNIQUE_ID_LENGTH:
+        raise CallError("FormationViolation", f"UniqueId longer than {MAX_UNIQUE_ID_LENGTH} characters")
+    if len(message) < 2 or not isinstance(message[1], str):
+        raise CallError("FormationViolation", "UniqueId (element 2) must be a string")
+    message_type = message[0]
+    if message_type == CALL and not isinstance(message_type, bool):
+        if len(message) != 4 or not isinstance(message[2], str):
+            raise CallError("FormationViolation", "CALL must be [2, UniqueId, Action, Payload]", unique_id)
+        if not isinstance(message[3], dict):
+            raise CallError("FormationViolation", "CALL payload must be a JSON object", unique_id)
+        return Call(unique_id, message[2], message[3])
+    if message_type == CALLRESULT and len(message) == 3:
+        return Reply(CALLRESULT, unique_id, message[2])
+    if message_type == CALLERROR and len(message) == 5:
+        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]))
+    raise CallError("FormationViolation", f"unknown MessageTypeId or wrong length: {str(message_type)[:20]}",
+                    unique_id)
+
+
+class PayloadValidator:
+    """Validates CALL payloads of charge point actions against the bundled OCPP 1.6 schemas."""
+
+    def __init__(self, lenient_measurands: bool = False):
+        self._validators: dict[str, Callable[[Any], Any]] = {}
+        self._lenient_measurands = lenient_measurands
+
+    def _compile(self, action: str) -> Callable[[Any], Any]:
+        schema = json.loads((_SCHEMA_DIR / f"{action}.json").read_text(encoding="utf-8-sig"))
+        if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
+            _relax_sampled_value_enums(schema)
+        # Timestamps are not format-checked, as the ocpp library does not either: chargers in
+        # the field send many ISO 8601 variants and refusing them would lose their data.
+        return fastjsonschema.compile(schema, formats={"date-time": lambda value: True})
+
+    def validate(self, call: Call) -> None:
+        validator = self._validators.get(call.action)
+        if validator is None:
+            validator = self._validators[call.action] = self._compile(call.action)
+        try:
+            validator(call.payload)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            code = _RULE_TO_CODE.get(exc.rule, "PropertyConstraintViolation")
+            field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
+            raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
+                            call.unique_id) from None
+
+
+def check_action(call: Call) -> None:
+    """NotImplemented for actions OCPP 1.6 does not define, NotSupported for the wrong direction."""
+    if call.action in CHARGE_POINT_ACTIONS:
+        return
+    if call.action in ALL_16_ACTIONS:
+        raise CallError("NotSupported", f"{call.action} is not sent by a charge point", call.unique_id)
+    raise CallError("NotImplemented", f"unknown action {call.action[:40]!r}", call.unique_id)
+
+
+def _relax_sampled_value_enums(schema: dict) -> None:
+    """Drop enum constraints on sampledValue fields (measurand, unit, ...): the documented
+    escape for chargers that send out-of-spec values (LEVITY_LENIENT_MEASURANDS)."""
+    if isinstance(schema, dict):
+        if "sampledValue" in schema.get("properties", {}):
+            for prop in schema["properties"]["sampledValue"]["items"]["properties"].values():
+                prop.pop("enum", None)
+        for value in schema.values():
+            _relax_sampled_value_enums(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _relax_sampled_value_enums(item)

@@ -1,0 +1,209 @@
+"""The WebSocket side: accept chargers, keep one connection per charge point id, shut down
+cleanly.
+
+The handshake follows OCPP-J 1.6 rather than `websockets` defaults:
+- the charge point id is the last segment of the URL path; a request without a valid id is
+  refused before the upgrade with HTTP 404;
+- a charger that offers no `ocpp1.6` subprotocol gets a completed handshake without a
+  Sec-WebSocket-Protocol header, then an immediate close (1002), as OCPP-J says, instead of
+  the HTTP 400 `websockets` would send;
+- when an id reconnects while its old socket is still open, the newest connection wins and
+  the old one is closed with 1000.
+Plain HTTP GET /health and /metrics on the same port serve load balancers and operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from levity import __version__
+from levity.audit.events import EventFactory, IdTagPolicy
+from levity.audit.sink import AuditSink, make_sink, wait_closed
+from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
+from levity.config import ConfigError, Settings
+from levity.protocol import PayloadValidator
+from levity.store import Store
+
+log = logging.getLogger("levity")
+
+SUBPROTOCOL = "ocpp1.6"
+# OCPP 2.0.1's identifierString, max 48 characters as chargeBoxIdentity in OCPP 1.6.
+CHARGE_POINT_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
+SHUTDOWN_FLUSH_SECONDS = 10.0
+
+
+def charge_point_id_from_path(path: str) -> str | None:
+    segments = [s for s in urlsplit(path).path.split("/") if s]
+    if not segments:
+        return None
+    candidate = unquote(segments[-1])
+    return candidate if CHARGE_POINT_ID.fullmatch(candidate) else None
+
+
+def format_address(address) -> str:
+    if not address:
+        return "unknown"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class Session:
+    charge_point_id: str
+    websocket: ServerConnection
+    remote_address: str
+    connected_at: float = field(default_factory=time.monotonic)
+    replaced: bool = False
+
+
+class CentralSystem:
+    def __init__(self, settings: Settings, sink: AuditSink | None = None):
+        self.settings = settings
+        self.store = Store(settings.database)
+        self.sink = sink or make_sink(settings)
+        try:
+            authorizer = Authorizer.from_file(settings.id_tags_file)
+            id_tags = IdTagPolicy(settings.id_tag_mode, settings.secret("id_tag_key"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        self.events = EventFactory(settings.tag_prefix, id_tags)
+        self.context = CentralSystemContext(
+            store=self.store, sink=self.sink, events=self.events, authorizer=authorizer,
+            validator=PayloadValidator(lenient_measurands=settings.lenient_measurands),
+            boot_policy=settings.boot_policy, heartbeat_interval=settings.heartbeat_interval,
+        )
+        self.sessions: dict[str, Session] = {}
+        self._server = None
+
+    # Handshake ----------------------------------------------------------------------------
+
+    def select_subprotocol(self, connection: ServerConnection, offered) -> str | None:
+        return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if "upgrade" not in request.headers.get("Connection", "").lower():
+            return self._http(connection, request)
+        if charge_point_id_from_path(request.path) is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "No valid charge point id in the path: "
+                                      "connect to ws://host:port/<charge_point_id>\n")
+        if not self.sink.accepting:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Audit spool full; try again later\n")
+        return None
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response:
+        path = urlsplit(request.path).path
+        if path == "/health":
+            return connection.respond(HTTPStatus.OK, "ok\n")
+        if path == "/metrics":
+            response = connection.respond(HTTPStatus.OK, self.metrics_text())
+            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            return response
+        return connection.respond(HTTPStatus.UPGRADE_REQUIRED, "This is an OCPP-J endpoint: "
+                                  "connect with WebSocket to /<charge_point_id>\n")
+
+    def metrics_text(self) -> str:
+        lines = [
+            f'levity_info{{version="{__version__}"}} 1',
+            f"levity_connected_charge_points {len(self.sessions)}",
+        ]
+        for name, value in sorted(self.sink.stats().items()):
+            lines.append(f"levity_audit_{name} {value}")
+        return "\n".join(lines) + "\n"
+
+    # Connections --------------------------------------------------------------------------
+
+    async def handle(self, websocket: ServerConnection) -> None:
+        charge_point_id = charge_point_id_from_path(websocket.request.path)
+        remote = format_address(websocket.remote_address)
+        if websocket.subprotocol != SUBPROTOCOL:
+            log.warning("%s from %s offered no %s subprotocol: closing", charge_point_id, remote, SUBPROTOCOL)
+            await websocket.close(1002, f"{SUBPROTOCOL} subprotocol required")
+            return
+
+        session = Session(charge_point_id, websocket, remote)
+        previous = self.sessions.get(charge_point_id)
+        self.sessions[charge_point_id] = session
+        if previous is not None:
+            previous.replaced = True
+            log.info("%s reconnected from %s: closing its previous connection from %s",
+                     charge_point_id, remote, previous.remote_address)
+            asyncio.create_task(previous.websocket.close(1000, "replaced by a newer connection"))
+
+        self.sink.emit(self.events.make("websocket_connect", charge_point_id, remote_address=remote))
+        log.info("%s connected from %s", charge_point_id, remote)
+        try:
+            await ChargePoint(charge_point_id, websocket, self.context).start()
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.sessions.get(charge_point_id) is session:
+                del self.sessions[charge_point_id]
+            duration = round(time.monotonic() - session.connected_at, 3)
+            self.sink.emit(self.events.make(
+                "websocket_disconnect", charge_point_id, remote_address=remote,
+                close_code=websocket.close_code, close_reason=websocket.close_reason or "",
+                duration_seconds=duration, replaced=session.replaced))
+            log.info("%s disconnected (code %s, %.1fs)", charge_point_id, websocket.close_code, duration)
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sink.start()
+        self._server = await serve(
+            self.handle, self.settings.host, self.settings.port,
+            subprotocols=[SUBPROTOCOL], select_subprotocol=self.select_subprotocol,
+            process_request=self.process_request, server_header=f"Levity/{__version__}",
+        )
+        sockets = self._server.sockets or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
+        log.info("Levity %s listening on ws://%s:%d/<charge_point_id>", __version__, self.settings.host, self.port)
+
+    async def stop(self) -> None:
+        log.info("shutting down: closing %d charger connections", len(self.sessions))
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+        await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
+        self.store.close()
+        log.info("stopped")
+
+
+async def serve_until_signalled(settings: Settings) -> None:
+    central = CentralSystem(settings)
+    await central.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await central.stop()
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Both libraries log whole frames or per-connection chatter at INFO.
+    logging.getLogger("ocpp").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def run(settings: Settings) -> int:
+    configure_logging(settings.log_level)
+    try:
+        asyncio.run(serve_until_signalled(settings))
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+        return 1
+    return 0

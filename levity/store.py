@@ -1,0 +1,192 @@
+"""Levity's state in an embedded SQLite database: charge points, connectors, transactions,
+meter values.
+
+Writes are small and commit immediately (WAL, synchronous=NORMAL: a crash of Levity loses
+nothing committed; only a power loss can lose the last commits). A transaction id is the
+row id of an AUTOINCREMENT table, so ids are unique and never reused, across restarts too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS charge_points (
+    id TEXT PRIMARY KEY,
+    registered INTEGER NOT NULL DEFAULT 0,
+    vendor TEXT, model TEXT, serial_number TEXT, firmware_version TEXT,
+    registration_status TEXT,
+    firmware_status TEXT, diagnostics_status TEXT,
+    first_seen TEXT, last_boot TEXT, last_heartbeat TEXT
+);
+CREATE TABLE IF NOT EXISTS connectors (
+    charge_point_id TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    status TEXT NOT NULL, error_code TEXT NOT NULL,
+    info TEXT, vendor_error_code TEXT, status_timestamp TEXT, updated_at TEXT NOT NULL,
+    PRIMARY KEY (charge_point_id, connector_id)
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    charge_point_id TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    id_tag TEXT NOT NULL,
+    meter_start INTEGER NOT NULL,
+    start_timestamp TEXT NOT NULL,
+    reservation_id INTEGER,
+    meter_stop INTEGER, stop_timestamp TEXT, stop_reason TEXT, stop_id_tag TEXT,
+    created_at TEXT NOT NULL, stopped_at TEXT
+);
+CREATE INDEX IF NOT EXISTS transactions_open ON transactions (charge_point_id, connector_id) WHERE stopped_at IS NULL;
+CREATE TABLE IF NOT EXISTS meter_values (
+    id INTEGER PRIMARY KEY,
+    charge_point_id TEXT NOT NULL,
+    connector_id INTEGER NOT NULL,
+    transaction_id INTEGER,
+    timestamp TEXT NOT NULL,
+    measurand TEXT NOT NULL, value TEXT NOT NULL,
+    unit TEXT, phase TEXT, context TEXT, location TEXT, format TEXT
+);
+CREATE INDEX IF NOT EXISTS meter_values_tx ON meter_values (transaction_id);
+"""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: int
+    charge_point_id: str
+    connector_id: int
+    id_tag: str
+    meter_start: int
+    meter_stop: int | None
+    stopped: bool
+
+
+class Store:
+    def __init__(self, path: str = "levity.db"):
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # The event loop thread is the only user; autocommit-per-statement keeps writes short.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # Charge points -------------------------------------------------------------------------
+
+    def register(self, charge_point_ids: Iterable[str], now: str) -> None:
+        self._db.executemany(
+            "INSERT INTO charge_points (id, registered, first_seen) VALUES (?, 1, ?) "
+            "ON CONFLICT(id) DO UPDATE SET registered = 1",
+            [(cp, now) for cp in charge_point_ids],
+        )
+
+    def unregister(self, charge_point_ids: Iterable[str]) -> None:
+        self._db.executemany("UPDATE charge_points SET registered = 0 WHERE id = ?", [(cp,) for cp in charge_point_ids])
+
+    def is_registered(self, charge_point_id: str) -> bool:
+        row = self._db.execute("SELECT registered FROM charge_points WHERE id = ?", (charge_point_id,)).fetchone()
+        return bool(row and row[0])
+
+    def record_boot(self, charge_point_id: str, info: dict[str, Any], status: str, registered: bool, now: str) -> None:
+        self._db.execute(
+            "INSERT INTO charge_points (id, registered, vendor, model, serial_number, firmware_version, "
+            "registration_status, first_seen, last_boot) VALUES (:id, :registered, :vendor, :model, :serial, "
+            ":firmware, :status, :now, :now) ON CONFLICT(id) DO UPDATE SET registered = max(registered, :registered), "
+            "vendor = :vendor, model = :model, serial_number = :serial, firmware_version = :firmware, "
+            "registration_status = :status, last_boot = :now",
+            {"id": charge_point_id, "registered": int(registered), "vendor": info.get("vendor"),
+             "model": info.get("model"), "serial": info.get("serial_number"),
+             "firmware": info.get("firmware_version"), "status": status, "now": now},
+        )
+
+    def record_heartbeat(self, charge_point_id: str, now: str) -> None:
+        self._db.execute("UPDATE charge_points SET last_heartbeat = ? WHERE id = ?", (now, charge_point_id))
+
+    def record_cp_status(self, charge_point_id: str, column: str, status: str) -> None:
+        assert column in ("firmware_status", "diagnostics_status")
+        self._db.execute(f"UPDATE charge_points SET {column} = ? WHERE id = ?", (status, charge_point_id))
+
+    def charge_point(self, charge_point_id: str) -> dict[str, Any] | None:
+        cursor = self._db.execute("SELECT * FROM charge_points WHERE id = ?", (charge_point_id,))
+        row = cursor.fetchone()
+        return dict(zip([c[0] for c in cursor.description], row)) if row else None
+
+    # Connectors ----------------------------------------------------------------------------
+
+    def record_status(self, charge_point_id: str, connector_id: int, status: str, error_code: str,
+                      info: str | None, vendor_error_code: str | None, status_timestamp: str | None,
+                      now: str) -> None:
+        self._db.execute(
+            "INSERT INTO connectors VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(charge_point_id, connector_id) "
+            "DO UPDATE SET status = excluded.status, error_code = excluded.error_code, info = excluded.info, "
+            "vendor_error_code = excluded.vendor_error_code, status_timestamp = excluded.status_timestamp, "
+            "updated_at = excluded.updated_at",
+            (charge_point_id, connector_id, status, error_code, info, vendor_error_code, status_timestamp, now),
+        )
+
+    def connector_status(self, charge_point_id: str, connector_id: int) -> tuple[str, str] | None:
+        return self._db.execute(
+            "SELECT status, error_code FROM connectors WHERE charge_point_id = ? AND connector_id = ?",
+            (charge_point_id, connector_id),
+        ).fetchone()
+
+    # Transactions --------------------------------------------------------------------------
+
+    def start_transaction(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                          start_timestamp: str, reservation_id: int | None, now: str) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO transactions (charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
+            "reservation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (charge_point_id, connector_id, id_tag, meter_start, start_timestamp, reservation_id, now),
+        )
+        return cursor.lastrowid
+
+    def transaction(self, transaction_id: int) -> Transaction | None:
+        row = self._db.execute(
+            "SELECT id, charge_point_id, connector_id, id_tag, meter_start, meter_stop, stopped_at IS NOT NULL "
+            "FROM transactions WHERE id = ?", (transaction_id,),
+        ).fetchone()
+        return Transaction(*row[:6], stopped=bool(row[6])) if row else None
+
+    def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
+                         id_tag: str | None, now: str) -> None:
+        self._db.execute(
+            "UPDATE transactions SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?, "
+            "stopped_at = ? WHERE id = ?",
+            (meter_stop, stop_timestamp, reason, id_tag, now, transaction_id),
+        )
+
+    def open_transactions(self, charge_point_id: str) -> list[int]:
+        return [r[0] for r in self._db.execute(
+            "SELECT id FROM transactions WHERE charge_point_id = ? AND stopped_at IS NULL ORDER BY id",
+            (charge_point_id,))]
+
+    # Meter values --------------------------------------------------------------------------
+
+    def add_meter_values(self, charge_point_id: str, connector_id: int, transaction_id: int | None,
+                         meter_value: list[dict[str, Any]]) -> None:
+        rows = [
+            (charge_point_id, connector_id, transaction_id, entry.get("timestamp", ""),
+             sample.get("measurand") or "Energy.Active.Import.Register", str(sample.get("value", "")),
+             sample.get("unit"), sample.get("phase"), sample.get("context"), sample.get("location"),
+             sample.get("format"))
+            for entry in meter_value for sample in entry.get("sampled_value", ())
+        ]
+        if rows:
+            self._db.executemany(
+                "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, "
+                "value, unit, phase, context, location, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def count(self, table: str) -> int:
+        assert table in ("charge_points", "connectors", "transactions", "meter_values")
+        return self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
