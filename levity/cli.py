@@ -16,6 +16,26 @@ def _serve(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def _charge_points(args: argparse.Namespace) -> int:
+    from levity.audit.events import iso_utc
+    from levity.store import Store
+    import time
+
+    store = Store(load_settings(args).database)
+    try:
+        if args.action == "register":
+            store.register(args.ids, iso_utc(time.time_ns()))
+        elif args.action == "unregister":
+            store.unregister(args.ids)
+        for charge_point_id in args.ids or store.registered_ids():
+            row = store.charge_point(charge_point_id) or {}
+            print(f"{charge_point_id}\t{'registered' if row.get('registered') else 'not registered'}\t"
+                  f"{row.get('vendor') or '-'}\t{row.get('model') or '-'}\t{row.get('last_boot') or '-'}")
+    finally:
+        store.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="levity",
@@ -31,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(serve)
     serve.set_defaults(func=_serve)
+
+    charge_points = commands.add_parser(
+        "charge-points", help="register charge points (for --boot-policy pending/rejected) and list them")
+    charge_points.add_argument("action", choices=("list", "register", "unregister"))
+    charge_points.add_argument("ids", nargs="*", metavar="CHARGE_POINT_ID")
+    charge_points.add_argument("--database", default=None, help="SQLite database [env LEVITY_DATABASE]")
+    charge_points.set_defaults(func=_charge_points)
 
     # Each concern registers its own sub-commands.
     from levity.fluentconf.cli import register as register_fluentd

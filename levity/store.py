@@ -91,6 +91,9 @@ class Store:
     def unregister(self, charge_point_ids: Iterable[str]) -> None:
         self._db.executemany("UPDATE charge_points SET registered = 0 WHERE id = ?", [(cp,) for cp in charge_point_ids])
 
+    def registered_ids(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM charge_points WHERE registered = 1 ORDER BY id")]
+
     def is_registered(self, charge_point_id: str) -> bool:
         row = self._db.execute("SELECT registered FROM charge_points WHERE id = ?", (charge_point_id,)).fetchone()
         return bool(row and row[0])

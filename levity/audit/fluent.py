@@ -19,12 +19,27 @@ from levity.config import Settings
 log = logging.getLogger(__name__)
 
 
+class _ObservedSender(asyncsender.FluentSender):
+    """fluent-logger keeps last_error per thread, so the event loop never sees the sender
+    thread's failures; this records the state of the latest send where the loop can read it."""
+
+    failure: Exception | None = None
+
+    def _send_data(self, bytes_):
+        try:
+            super()._send_data(bytes_)
+        except OSError as exc:
+            self.failure = exc
+            raise
+        self.failure = None
+
+
 class FluentLoggerSink:
     accepting = True
 
     def __init__(self, settings: Settings):
         self._settings = settings
-        self._sender = asyncsender.FluentSender(
+        self._sender = _ObservedSender(
             "", host=settings.fluentd_host, port=settings.fluentd_port, timeout=settings.fluentd_timeout,
             nanosecond_precision=True, queue_circular=True, queue_maxsize=100_000,
         )
@@ -48,12 +63,11 @@ class FluentLoggerSink:
         # Log a failure once when it starts and once when it clears, never per event.
         while True:
             await asyncio.sleep(1.0)
-            error = self._sender.last_error
+            error = self._sender.failure
             if error and not self._failing:
                 self._failing = True
                 log.error("Fluentd at %s:%s unreachable (%s); events are queued and the oldest dropped "
                           "when the queue is full", self._settings.fluentd_host, self._settings.fluentd_port, error)
-                self._sender.clear_last_error()
             elif not error and self._failing:
                 self._failing = False
                 log.info("Fluentd reachable again")

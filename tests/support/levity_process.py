@@ -1,0 +1,93 @@
+"""Runs a real `levity serve` in a subprocess for tests: free port, own database and spool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LevityProcess:
+    """`levity serve` as a chargers' Central System would see it."""
+
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.env = {
+            "LEVITY_HOST": "127.0.0.1",
+            "LEVITY_PORT": str(self.port),
+            "LEVITY_DATABASE": str(self.workdir / "levity.db"),
+            "LEVITY_SPOOL_DIR": str(self.workdir / "spool"),
+            "LEVITY_AUDIT_SINK": "file",
+            "LEVITY_AUDIT_FILE": str(self.workdir / "audit.jsonl"),
+            "FLUENTD_ENABLED": "false",
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.workdir / "levity.log"
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> "LevityProcess":
+        self.starts += 1
+        log = open(self.log_path, "a")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "levity.cli", "serve"], cwd=self.workdir,
+            env={**environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"levity serve did not become healthy:\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait: the clean shutdown path."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: nothing gets a chance to flush."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart(self) -> "LevityProcess":
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
