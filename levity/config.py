@@ -52,7 +52,7 @@ def _size(text: str) -> int:
 
 def opt(env: str, default: Any, help: str, *, parse=str, choices: tuple[str, ...] | None = None,
         secret: bool = False, metavar: str | None = None) -> Any:
-    return field(default=default, metadata={
+    return field(default=default, repr=not secret, metadata={
         "env": env, "help": help, "parse": parse, "choices": choices, "secret": secret, "metavar": metavar,
     })
 
