@@ -8,6 +8,7 @@ skip_schema_validation: the payload was already checked against the same schemas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -60,11 +61,33 @@ class Authorizer:
         return self._statuses.get(id_tag, AuthorizationStatus.invalid.value)
 
 
+class TokenBucket:
+    """Calls per second per charger: bursts up to twice the rate, then answers slow down.
+    Slowing (not refusing) keeps every call of a charger that misbehaves briefly."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.capacity = max(1.0, 2 * rate)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+
+    def delay(self) -> float:
+        """Take one token; return how long to wait first (0 when within the rate)."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 class CentralSystemContext:
     """What every charge point handler shares: built once by the server."""
 
     def __init__(self, *, store: Store, sink: AuditSink, events: EventFactory, authorizer: Authorizer,
-                 validator: PayloadValidator, boot_policy: str = "accept", heartbeat_interval: int = 300):
+                 validator: PayloadValidator, boot_policy: str = "accept", heartbeat_interval: int = 300,
+                 max_calls_per_second: float = 50.0):
+        self.max_calls_per_second = max_calls_per_second
+        self.throttled = 0
         self.store = store
         self.sink = sink
         self.events = events
@@ -86,7 +109,12 @@ class ChargePoint(OcppChargePoint):
     # Framing: every frame gets the answer OCPP-J names; nothing a charger sends stops the loop.
 
     async def start(self) -> None:
+        bucket = TokenBucket(self.ctx.max_calls_per_second)
         async for raw in self._connection:
+            wait = bucket.delay()
+            if wait:
+                self.ctx.throttled += 1
+                await asyncio.sleep(wait)
             await self.route_message(raw)
 
     async def route_message(self, raw: str | bytes) -> None:

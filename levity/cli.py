@@ -23,6 +23,8 @@ def _charge_points(args: argparse.Namespace) -> int:
 
     store = Store(load_settings(args).database)
     try:
+        if args.action == "set-password":
+            return _set_password(store, args)
         if args.action == "register":
             store.register(args.ids, iso_utc(time.time_ns()))
         elif args.action == "unregister":
@@ -33,6 +35,30 @@ def _charge_points(args: argparse.Namespace) -> int:
                   f"{row.get('vendor') or '-'}\t{row.get('model') or '-'}\t{row.get('last_boot') or '-'}")
     finally:
         store.close()
+    return 0
+
+
+def _set_password(store, args: argparse.Namespace) -> int:
+    """Store the hash of each charger's AuthorizationKey (security profiles 1 and 2)."""
+    from levity.audit.events import iso_utc
+    from levity.auth import generate_authorization_key, hash_password
+    import time
+
+    if len(args.ids) != 1:
+        print("levity: set-password takes exactly one CHARGE_POINT_ID", file=sys.stderr)
+        return 2
+    if args.generate:
+        password = generate_authorization_key()
+    elif args.password_file:
+        password = open(args.password_file, encoding="utf-8").read().strip()
+    else:
+        password = sys.stdin.readline().strip()
+    if not 16 <= len(password) <= 40:
+        print("levity: an AuthorizationKey has 16 to 40 characters (OCPP 1.6 security)", file=sys.stderr)
+        return 2
+    store.set_password_hash(args.ids[0], hash_password(password), iso_utc(time.time_ns()))
+    if args.generate:
+        print(password)  # shown once, to be configured on the charger; only its hash is kept
     return 0
 
 
@@ -54,9 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     charge_points = commands.add_parser(
         "charge-points", help="register charge points (for --boot-policy pending/rejected) and list them")
-    charge_points.add_argument("action", choices=("list", "register", "unregister"))
+    charge_points.add_argument("action", choices=("list", "register", "unregister", "set-password"))
     charge_points.add_argument("ids", nargs="*", metavar="CHARGE_POINT_ID")
     charge_points.add_argument("--database", default=None, help="SQLite database [env LEVITY_DATABASE]")
+    charge_points.add_argument("--password-file", help="set-password: read the AuthorizationKey from this file "
+                               "(default: first line of standard input)")
+    charge_points.add_argument("--generate", action="store_true",
+                               help="set-password: generate a 40-character key and print it once")
     charge_points.set_defaults(func=_charge_points)
 
     # Each concern registers its own sub-commands.

@@ -77,6 +77,34 @@ class Settings:
         "LEVITY_LENIENT_MEASURANDS", False,
         "accept out-of-spec measurand/unit/phase/context/location values in MeterValues and "
         "StopTransaction (for chargers known to send them)", parse=_bool, metavar="BOOL")
+    # Limits and security (OCPP 1.6 security whitepaper profiles)
+    max_frame_bytes: int = opt("LEVITY_MAX_FRAME_BYTES", 65536,
+                               "largest WebSocket message accepted; bigger ones close the connection (1009)",
+                               parse=_size)
+    max_calls_per_second: float = opt("LEVITY_MAX_CALLS_PER_SECOND", 50.0,
+                                      "calls per second per charger before Levity slows its answers "
+                                      "(bursts of twice that are allowed)", parse=_positive_float)
+    max_connections: int = opt("LEVITY_MAX_CONNECTIONS", 20000,
+                               "concurrent charger connections; more are refused with HTTP 503", parse=int)
+    ping_interval: float = opt("LEVITY_PING_INTERVAL", 60.0,
+                               "seconds between WebSocket pings to each charger", parse=_positive_float)
+    ping_timeout: float = opt("LEVITY_PING_TIMEOUT", 60.0,
+                              "seconds without a pong before a charger's connection is closed", parse=_positive_float)
+    handshake_timeout: float = opt("LEVITY_HANDSHAKE_TIMEOUT", 10.0,
+                                   "seconds a client has to finish the TLS and WebSocket handshakes",
+                                   parse=_positive_float)
+    security_profile: int = opt(
+        "LEVITY_SECURITY_PROFILE", 0,
+        "OCPP security profile: 0 none, 1 HTTP Basic auth, 2 TLS + Basic auth, 3 TLS + client certificates",
+        parse=int, choices=(0, 1, 2, 3))
+    unknown_charge_points: str = opt(
+        "LEVITY_UNKNOWN_CHARGE_POINTS", "allow",
+        "refuse: charge points not registered in the database are refused before the upgrade (HTTP 404)",
+        choices=("allow", "refuse"))
+    tls_cert: str | None = opt("LEVITY_TLS_CERT", None, "server certificate (PEM) for wss:// (profiles 2, 3)")
+    tls_key: str | None = opt("LEVITY_TLS_KEY", None, "server private key (PEM)")
+    tls_client_ca: str | None = opt("LEVITY_TLS_CLIENT_CA", None,
+                                    "CA that signs charger certificates (profile 3: certificate CN = charge point id)")
     log_level: str = opt("LEVITY_LOG_LEVEL", "INFO", "log level", parse=str.upper,
                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from websockets.http11 import Request, Response
 
 from levity import __version__
 from levity.audit.events import EventFactory, IdTagPolicy
+from levity.auth import CredentialCache, certificate_common_name, parse_basic_auth, verify_password
 from levity.audit.sink import AuditSink, make_sink, wait_closed
 from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
 from levity.config import ConfigError, Settings
@@ -83,24 +86,84 @@ class CentralSystem:
             store=self.store, sink=self.sink, events=self.events, authorizer=authorizer,
             validator=PayloadValidator(lenient_measurands=settings.lenient_measurands),
             boot_policy=settings.boot_policy, heartbeat_interval=settings.heartbeat_interval,
+            max_calls_per_second=settings.max_calls_per_second,
         )
         self.sessions: dict[str, Session] = {}
+        self.credentials = CredentialCache()
+        self.refused: dict[int, int] = {}  # HTTP status -> count, for /metrics
+        self.ssl_context = self._ssl_context()
         self._server = None
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if settings.security_profile < 2 and not settings.tls_cert:
+            return None
+        if not (settings.tls_cert and settings.tls_key):
+            raise ConfigError(f"security profile {settings.security_profile} needs LEVITY_TLS_CERT and LEVITY_TLS_KEY")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # OCPP 1.6 security: TLS 1.2 or higher
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+            if settings.security_profile == 3:
+                if not settings.tls_client_ca:
+                    raise ConfigError("security profile 3 needs LEVITY_TLS_CLIENT_CA")
+                context.load_verify_locations(settings.tls_client_ca)
+                context.verify_mode = ssl.CERT_REQUIRED
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS: {exc}") from None
+        return context
 
     # Handshake ----------------------------------------------------------------------------
 
     def select_subprotocol(self, connection: ServerConnection, offered) -> str | None:
         return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return self._http(connection, request)
-        if charge_point_id_from_path(request.path) is None:
-            return connection.respond(HTTPStatus.NOT_FOUND, "No valid charge point id in the path: "
-                                      "connect to ws://host:port/<charge_point_id>\n")
+        charge_point_id = charge_point_id_from_path(request.path)
+        if charge_point_id is None:
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "No valid charge point id in the path: "
+                                "connect to ws://host:port/<charge_point_id>")
+        if len(self.sessions) >= self.settings.max_connections and charge_point_id not in self.sessions:
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections")
         if not self.sink.accepting:
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Audit spool full; try again later\n")
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "Audit spool full; try again later")
+        if self.settings.unknown_charge_points == "refuse" and not self.store.is_registered(charge_point_id):
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "Unknown charge point")
+        profile = self.settings.security_profile
+        if profile in (1, 2) and not await self._basic_auth_ok(charge_point_id, request):
+            response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "Authentication required")
+            response.headers["WWW-Authenticate"] = 'Basic realm="Levity OCPP", charset="UTF-8"'
+            return response
+        if profile == 3:
+            common_name = certificate_common_name(connection.transport.get_extra_info("peercert"))
+            if common_name != charge_point_id:
+                log.warning("%s: client certificate is for %r: refused", charge_point_id, common_name)
+                return self._refuse(connection, HTTPStatus.FORBIDDEN, "Certificate does not match the charge point id")
         return None
+
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
+        self.refused[status.value] = self.refused.get(status.value, 0) + 1
+        return connection.respond(status, text + "\n")
+
+    async def _basic_auth_ok(self, charge_point_id: str, request: Request) -> bool:
+        credentials = parse_basic_auth(request.headers.get("Authorization"))
+        if credentials is None or credentials[0] != charge_point_id:
+            log.warning("%s: refused: missing or mismatched Basic auth user", charge_point_id)
+            return False
+        password = credentials[1]
+        if self.credentials.known(charge_point_id, password):
+            return True
+        stored = self.store.password_hash(charge_point_id)
+        # scrypt takes tens of milliseconds: off the event loop.
+        ok = stored is not None and await asyncio.get_running_loop().run_in_executor(
+            None, verify_password, password, stored)
+        if ok:
+            self.credentials.remember(charge_point_id, password)
+        else:
+            log.warning("%s: refused: wrong password or none set", charge_point_id)
+        return ok
 
     def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
@@ -120,6 +183,9 @@ class CentralSystem:
         ]
         for name, value in sorted(self.sink.stats().items()):
             lines.append(f"levity_audit_{name} {value}")
+        for status, count in sorted(self.refused.items()):
+            lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
+        lines.append(f"levity_calls_throttled {self.context.throttled}")
         return "\n".join(lines) + "\n"
 
     # Connections --------------------------------------------------------------------------
@@ -161,14 +227,21 @@ class CentralSystem:
 
     async def start(self) -> None:
         await self.sink.start()
+        settings = self.settings
         self._server = await serve(
-            self.handle, self.settings.host, self.settings.port,
+            self.handle, settings.host, settings.port,
             subprotocols=[SUBPROTOCOL], select_subprotocol=self.select_subprotocol,
             process_request=self.process_request, server_header=f"Levity/{__version__}",
+            ssl=self.ssl_context, max_size=settings.max_frame_bytes, open_timeout=settings.handshake_timeout,
+            ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout,
+            # OCPP frames are small JSON; compression would cost CPU and memory per connection.
+            compression=None,
         )
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
-        log.info("Levity %s listening on ws://%s:%d/<charge_point_id>", __version__, self.settings.host, self.port)
+        scheme = "wss" if self.ssl_context else "ws"
+        log.info("Levity %s listening on %s://%s:%d/<charge_point_id> (security profile %d)", __version__, scheme,
+                 settings.host, self.port, settings.security_profile)
 
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
@@ -201,6 +274,7 @@ def configure_logging(level: str) -> None:
 
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
+    os.umask(0o077)  # database, spool and audit files hold personal data: owner only
     try:
         asyncio.run(serve_until_signalled(settings))
     except OSError as exc:

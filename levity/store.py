@@ -75,6 +75,12 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(charge_points)")}
+        if "password_hash" not in columns:  # added with security profiles
+            self._db.execute("ALTER TABLE charge_points ADD COLUMN password_hash TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -90,6 +96,17 @@ class Store:
 
     def unregister(self, charge_point_ids: Iterable[str]) -> None:
         self._db.executemany("UPDATE charge_points SET registered = 0 WHERE id = ?", [(cp,) for cp in charge_point_ids])
+
+    def set_password_hash(self, charge_point_id: str, password_hash: str | None, now: str) -> None:
+        self._db.execute(
+            "INSERT INTO charge_points (id, registered, first_seen, password_hash) VALUES (?, 1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET password_hash = excluded.password_hash, registered = 1",
+            (charge_point_id, now, password_hash),
+        )
+
+    def password_hash(self, charge_point_id: str) -> str | None:
+        row = self._db.execute("SELECT password_hash FROM charge_points WHERE id = ?", (charge_point_id,)).fetchone()
+        return row[0] if row else None
 
     def registered_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT id FROM charge_points WHERE registered = 1 ORDER BY id")]
