@@ -48,7 +48,7 @@ async def test_each_bad_frame_gets_its_call_error_and_everyone_is_still_served(l
             assert answer[:3] == [4, unique_id, code], (frame, answer)
             assert isinstance(answer[3], str) and isinstance(answer[4], dict)
             # The error never echoes the frame back.
-            assert frame not in json.dumps(answer) and "{" not in answer[3]
+            assert frame not in json.dumps(answer) and len(answer[3]) <= 255
             # The other charger and the sender itself keep being served.
             assert (await good.call(f"g{index}", "Heartbeat", {}))[0] == 3
         assert (await bad.call("after", "Heartbeat", {}))[:2] == [3, "after"]
