@@ -90,6 +90,24 @@ class Reply:
     error_code: str | None = None
 
 
+INT64 = range(-(2**63), 2**63)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _oversized_integer(value: Any) -> bool:
+    """True when an integer anywhere in value does not fit 64 bits (SQLite's INTEGER)."""
+    if isinstance(value, int):
+        return value not in INT64
+    if isinstance(value, dict):
+        return any(_oversized_integer(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_oversized_integer(v) for v in value)
+    return False
+
+
 def encode(message: list) -> str:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
 
@@ -103,7 +121,7 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if isinstance(raw, bytes):
         raise CallError("FormationViolation", "OCPP-J uses text frames; got a binary frame")
     try:
-        message = json.loads(raw)
+        message = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise CallError("FormationViolation", "frame is not valid JSON") from None
     if not isinstance(message, list) or not message:
@@ -114,7 +132,9 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if len(message) < 2 or not isinstance(message[1], str):
         raise CallError("FormationViolation", "UniqueId (element 2) must be a string")
     message_type = message[0]
-    if message_type == CALL and not isinstance(message_type, bool):
+    if type(message_type) is not int:  # 2.0 and true are not MessageTypeIds
+        raise CallError("FormationViolation", "MessageTypeId must be an integer", unique_id)
+    if message_type == CALL:
         if len(message) != 4 or not isinstance(message[2], str):
             raise CallError("FormationViolation", "CALL must be [2, UniqueId, Action, Payload]", unique_id)
         if not isinstance(message[3], dict):
@@ -154,6 +174,8 @@ class PayloadValidator:
             field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
             raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
                             call.unique_id) from None
+        if _oversized_integer(call.payload):
+            raise CallError("TypeConstraintViolation", f"{call.action}: integer out of range", call.unique_id)
 
 
 def check_action(call: Call) -> None:

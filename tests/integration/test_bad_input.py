@@ -36,7 +36,65 @@ CASES = [
      '"timestamp": "2024-01-15T10:10:00Z"}]', "u12", "TypeConstraintViolation"),
     ('[2, "u13", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2024-01-15T10:10:00Z", '
      '"sampledValue": [{"value": "1", "measurand": "Bogus.Measurand"}]}]}]', "u13", "PropertyConstraintViolation"),
+    ('[2, "u14", "Heartbeat", {}, "extra"]', "u14", "FormationViolation"),
+    ('[2.0, "u15", "Heartbeat", {}]', "u15", "FormationViolation"),
+    ('[true, "u16", "Heartbeat", {}]', "u16", "FormationViolation"),
+    ('[3, "u17"]', "u17", "FormationViolation"),
+    ('[2, "u18", "heartbeat", {}]', "u18", "NotImplemented"),
+    ('[2, "u19", "Heartbeat", {"extra": 1}]', "u19", "OccurenceConstraintViolation"),
+    ('[2, "u20", "Heartbeat", null]', "u20", "FormationViolation"),
+    ('[2, "u21", "Heartbeat", {"x": NaN}]', "-1", "FormationViolation"),
+    ("[" * 5000 + "]" * 5000, "-1", "FormationViolation"),
+    ('\ufeff[2, "u22", "Heartbeat", {}]', "-1", "FormationViolation"),
+    (json.dumps([2, "u23", "BootNotification", {"chargePointVendor": "V" * 21, "chargePointModel": "M"}]), "u23",
+     "PropertyConstraintViolation"),
+    ('[2, "u24", "BootNotification", {"chargePointVendor": 7, "chargePointModel": "M"}]', "u24",
+     "TypeConstraintViolation"),
+    ('[2, "u25", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0}]', "u25",
+     "OccurenceConstraintViolation"),
+    ('[2, "u26", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 100000000000000000000000, '
+     '"timestamp": "2024-01-15T10:10:00Z"}]', "u26", "TypeConstraintViolation"),
+    ('[2, "u27", "StopTransaction", {"transactionId": 1, "meterStop": 1, "timestamp": "2024-01-15T10:10:00Z", '
+     '"reason": "Bored"}]', "u27", "PropertyConstraintViolation"),
+    ('[2, "u28", "StopTransaction", {"transactionId": "1", "meterStop": 1, "timestamp": "2024-01-15T10:10:00Z"}]',
+     "u28", "TypeConstraintViolation"),
+    ('[2, "u29", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2024-01-15T10:10:00Z", '
+     '"sampledValue": [{"unit": "Wh"}]}]}]', "u29", "OccurenceConstraintViolation"),
+    ('[2, "u30", "MeterValues", {"connectorId": null, "meterValue": []}]', "u30", "TypeConstraintViolation"),
+    ('[2, "u31", "MeterValues", {"connectorId": 1, "meterValue": "lots"}]', "u31", "TypeConstraintViolation"),
+    ('[2, "u32", "StatusNotification", {"connectorId": 1, "errorCode": "Meh", "status": "Available"}]', "u32",
+     "PropertyConstraintViolation"),
+    ('[2, "u33", "Authorize", {}]', "u33", "OccurenceConstraintViolation"),
+    ('[2, "u34", "Authorize", {"idTag": 12345}]', "u34", "TypeConstraintViolation"),
+    (json.dumps([2, "u35", "DataTransfer", {"vendorId": "V" * 256}]), "u35", "PropertyConstraintViolation"),
+    ('[2, "u36", "DiagnosticsStatusNotification", {"status": "Exploded"}]', "u36", "PropertyConstraintViolation"),
+    ('[2, "u37", "FirmwareStatusNotification", {}]', "u37", "OccurenceConstraintViolation"),
+    ('[2, "u38", "SecurityEventNotification", {"type": "x", "timestamp": "2024-01-15T10:10:00Z"}]', "u38",
+     "NotSupported"),
+    ('[4, "u39", "GenericError"]', "u39", "FormationViolation"),
+    ('[2, "u40", "' + "A" * 100 + '", {}]', "u40", "NotImplemented"),
+    ('"just a string"', "-1", "FormationViolation"),
+    ("[2]", "-1", "FormationViolation"),
+    ("null", "-1", "FormationViolation"),
+    ('[2, null, "Heartbeat", {}]', "-1", "FormationViolation"),
 ]
+
+# Frames that are odd but valid: each gets a CALLRESULT.
+ODD_BUT_VALID = [
+    '[2, "", "Heartbeat", {}]',
+    '[2, "ü-ñ-✓", "Authorize", {"idTag": "ÄÖÜ"}]',
+    '  [2 , "ws", "Heartbeat" , { } ]  ',
+    '[2, "ts", "StatusNotification", {"connectorId": 0, "errorCode": "NoError", "status": "Available", '
+    '"timestamp": "not really a date"}]',
+]
+
+
+async def test_odd_but_valid_frames_are_answered(levity):
+    server = levity()
+    async with raw_charge_point(server.url, "CP-ODD") as cp:
+        for frame in ODD_BUT_VALID:
+            answer = await cp.send_raw(frame)
+            assert answer[0] == 3 and answer[1] == json.loads(frame)[1], (frame, answer)
 
 
 async def test_each_bad_frame_gets_its_call_error_and_everyone_is_still_served(levity):
