@@ -197,7 +197,8 @@ def _load_raw(path: Path, label: str, seen: tuple[Path, ...]) -> tuple[dict, tup
 def load_profile(path: str | Path) -> Profile:
     """Read, merge (`extends`), validate and check a profile file. Raises ProfileError."""
     path = Path(path)
-    label = label_for(path)
+    header_label = label_for(path)  # relative: rendered into the header, stable for golden files
+    label = header_label if header_label.startswith("profiles/") else str(path)  # errors: as given
     raw, chain = _load_raw(path, label, (path.resolve(),))
     raw.pop("extends", None)
     problems: list[ProfileError] = []
@@ -220,8 +221,8 @@ def load_profile(path: str | Path) -> Profile:
             filters, outputs = (parsed, outputs) if key == "filters" else (filters, parsed)
     if problems:
         raise _combine(problems)
-    profile = Profile(name=path.stem, label=label, chain=chain, doc=doc, filters=filters, outputs=outputs)
-    _check(profile, raw)
+    profile = Profile(name=path.stem, label=header_label, chain=chain, doc=doc, filters=filters, outputs=outputs)
+    _check(profile, raw, label)
     return profile
 
 
@@ -337,8 +338,7 @@ def _covers(general: str, specific: str) -> bool:
     return False
 
 
-def _check(profile: Profile, raw: dict) -> None:
-    label = profile.label
+def _check(profile: Profile, raw: dict, label: str) -> None:
     problems: list[ProfileError] = []
 
     def problem(path: str, found: str, expected: str) -> None:
