@@ -435,3 +435,35 @@ def test_fluentd_config_service_renders_into_a_volume(levity_image, tmp_path):
         assert conf.strip() == render_compose_profile().strip()
     finally:
         podman("volume", "rm", "-f", volume, check=False)
+
+
+# The guide -------------------------------------------------------------------------------
+
+README = STACK / "README.md"
+
+
+def test_readme_query_bodies_are_valid_json():
+    bodies = re.findall(r"-d '\n(.*?)'\n", README.read_text(), re.S)
+    assert len(bodies) >= 2
+    queries = [json.loads(body) for body in bodies]
+    text = json.dumps(queries)
+    # The fields queried exist with the types the queries need.
+    mapping = json.loads((SHARE / "elasticsearch" / "ocpp-events-index-template.json").read_text())
+    properties = mapping["template"]["mappings"]["properties"]
+    assert properties["charge_point_id"]["type"] == "keyword" and '"term": {"charge_point_id"' in text
+    assert properties["energy_delivered"]["type"] == "long" and '"sum": {"field": "energy_delivered"}' in text
+    assert properties["timestamp"]["type"] == "date" and '"range": {"timestamp"' in text
+
+
+def test_readme_names_services_files_and_indices_that_exist():
+    text = README.read_text()
+    services = set(yaml.safe_load(COMPOSE_FILE.read_text())["services"])
+    for service in re.findall(r"docker compose (?:logs(?: -f)?|run --rm|exec -T|build) ([\w-]+)", text):
+        assert service in services, service
+    for path in re.findall(r"`((?:share|profiles)/[\w./-]+|(?:setup|fluentd)/[\w.]+)`", text):
+        base = ROOT if path.startswith(("share/", "profiles/")) else STACK
+        assert (base / path).exists(), path
+    template = json.loads((SHARE / "elasticsearch" / "ocpp-events-index-template.json").read_text())
+    assert template["index_patterns"] == ["ocpp_events*"] and "localhost:9200/ocpp_events/" in text
+    view = json.loads((SHARE / "kibana" / "ocpp-events-data-view.json").read_text())["data_view"]
+    assert view["name"] in text and view["timeFieldName"] == "timestamp"
