@@ -401,8 +401,8 @@ def _check(profile: Profile, raw: dict, label: str) -> None:
                 buffer.flush_thread_count = 2
         if output.secondary is not None and buffer is not None and buffer.retry_forever:
             problem(f"{where}.secondary", "a secondary with buffer.retry_forever: true",
-                    "retry_timeout (or retry_max_times) instead: Fluentd never hands a chunk to "
-                    "the secondary while it retries forever")
+                    "retry_timeout (or retry_max_times) with a secondary: while retrying forever "
+                    "only unrecoverable errors reach the secondary (Fluentd warns about it)")
         if output.secondary is not None:
             if output.secondary.directory is None:
                 output.secondary.directory = f"{directories.failed}/{output.name}"
