@@ -209,6 +209,10 @@ class GrepRule(Strict):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
+        # Rendered unquoted as /pattern/: a '#' could start a comment and outer spaces are trimmed.
+        if "#" in value or value != value.strip():
+            raise ValueError("expected a regular expression without '#' or leading/trailing spaces "
+                             "(use [#] or \\s instead)")
         try:
             re.compile(value)
         except re.error as exc:

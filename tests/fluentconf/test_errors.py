@@ -211,3 +211,22 @@ def test_errors_are_value_errors_and_list_all_problems(base, profile_error):
     error = profile_error(base)
     assert isinstance(error, ValueError) and len(error.problems) == 2
     assert len(str(error).splitlines()) == 2
+
+
+def test_grep_patterns_are_checked(base, profile_error):
+    base["filters"].append({"name": "g", "type": "grep", "regexp": [{"key": "reason", "pattern": "a # b"}]})
+    assert "'#'" in _only(profile_error(base), "filters[1].regexp[0].pattern").expected
+    base["filters"][1]["regexp"][0]["pattern"] = "(unclosed"
+    assert "regular expression" in _only(profile_error(base), "filters[1].regexp[0].pattern").expected
+    base["filters"][1] = {"name": "g", "type": "grep"}
+    assert "at least one of" in _only(profile_error(base), "filters[1]").expected
+
+
+def test_record_values_are_quoted_safely(base, write_profile):
+    base["filters"][0]["record"] = {"site": "Depot #4 'north'", "count": 3, "flag": True,
+                                    "host": "${hostname}", "token": {"env": "SITE_TOKEN"}}
+    text = render_file(write_profile(base))
+    assert "    site 'Depot #4 \\'north\\''\n" in text
+    assert "    count 3\n" in text and "    flag true\n" in text
+    assert "    host '${hostname}'\n" in text
+    assert "    token \"#{ENV['SITE_TOKEN']}\"\n" in text
