@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -360,7 +361,7 @@ def container(levity_image):
 
     yield run
     for name in names:
-        podman("rm", "-f", "-t", "2", name, check=False)
+        podman("rm", "-f", "-v", "-t", "2", name, check=False)
 
 
 async def boot_notification(port: int, timeout: float = 30.0) -> list:
@@ -436,6 +437,69 @@ def test_fluentd_config_service_renders_into_a_volume(levity_image, tmp_path):
     finally:
         podman("volume", "rm", "-f", volume, check=False)
 
+
+
+@pytest.fixture
+def podman_socket():
+    """podman's Docker-compatible API on a private socket, for docker-compose."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (scripts/test-host-setup.sh installs it)")
+    directory = Path(tempfile.mkdtemp(prefix="levity-podman-"))  # short: socket paths are limited
+    socket_path = directory / "podman.sock"
+    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{socket_path}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not socket_path.exists():
+            assert service.poll() is None and time.monotonic() < deadline, "podman system service did not start"
+            time.sleep(0.1)
+        yield f"unix://{socket_path}"
+    finally:
+        service.terminate()
+        service.wait(timeout=20)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.deploy
+async def test_compose_runs_the_levity_services_on_podman(levity_image, podman_socket, tmp_path):
+    """docker-compose runs this file's fluentd-config one-shot and levity service as written
+    (Fluentd, Elasticsearch and Kibana images cannot be pulled here, so levity starts --no-deps)."""
+    render_compose_profile()  # skips while the generator is not there
+    override = tmp_path / "override.yml"
+    override.write_text(yaml.safe_dump({"services": {name: {"image": levity_image}
+                                                     for name in ("fluentd-config", "levity")}}))
+    port = free_port()
+    env_file = tmp_path / "test.env"
+    env_file.write_text(f"LEVITY_PORT={port}\n")
+    project = f"levitytest{uuid.uuid4().hex[:8]}"
+    environ = {**compose_environ(), "DOCKER_HOST": podman_socket}
+
+    def compose(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker-compose", "-p", project, "-f", str(COMPOSE_FILE), "-f", str(override),
+                               "--env-file", str(env_file), *args],
+                              cwd=STACK, env=environ, capture_output=True, text=True, timeout=timeout)
+
+    try:
+        rendered = compose("run", "--rm", "fluentd-config")
+        assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+        conf = podman("run", "--rm", "-v", f"{project}_fluentd-etc:/etc/fluent:ro", BASE_IMAGE,
+                      "cat", "/etc/fluent/fluent.conf").stdout
+        assert conf.strip() == render_compose_profile().strip()
+
+        started = compose("up", "-d", "--no-deps", "--no-build", "levity")
+        assert started.returncode == 0, started.stdout + started.stderr
+        answer = await boot_notification(port)
+        assert answer[:2] == [3, "1"] and answer[2]["status"] == "Accepted"
+        container_id = compose("ps", "-q", "levity").stdout.strip()
+        # The compose file's healthcheck (podman without systemd does not schedule it: run it once).
+        health = podman("healthcheck", "run", container_id, check=False)
+        assert health.returncode == 0, health.stdout + health.stderr + \
+            podman("inspect", "--format", "{{json .State.Health}}", container_id, check=False).stdout
+        env = dict(item.split("=", 1) for item in json.loads(
+            podman("inspect", container_id).stdout)[0]["Config"]["Env"])
+        assert env["FLUENTD_ENABLED"] == "true" and env["FLUENTD_HOST"] == "fluentd"
+    finally:
+        compose("down", "-v", "--remove-orphans", timeout=120)
 
 # The guide -------------------------------------------------------------------------------
 
