@@ -323,8 +323,8 @@ def free_port() -> int:
 
 def ca_bundle_args() -> list[str]:
     """pip inside the build trusts what pip on this host trusts (a TLS-intercepting proxy's CA)."""
-    for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
-        path = os.environ.get(name)
+    candidates = [os.environ.get(name) for name in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")]
+    for path in [*candidates, "/etc/ssl/certs/ca-certificates.crt"]:
         if path and Path(path).is_file():
             return ["-v", f"{Path(path).resolve()}:/run/host-ca.crt:ro", "--build-arg", "PIP_CA_BUNDLE=/run/host-ca.crt"]
     return []
