@@ -1,0 +1,387 @@
+"""Load benchmark: Levity against a plain `ocpp`-library server and a raw WebSocket echo
+server, with the same load client, in the same run.
+
+    python -m benchmarks.bench                                   # 100 and 1,000 chargers, 10 s each
+    python -m benchmarks.bench --chargers 100,1000,5000 --json bench.json --plot bench.png
+    python -m benchmarks.bench --mode open --rate 2 --chargers 1000
+    python -m benchmarks.bench --connections-only 10000 --targets levity
+    python -m benchmarks.bench --targets all                     # + audit off, Fluentd down
+
+Every server is started by the bench on a free 127.0.0.1 port and stopped at the end; temp
+directories are removed. See docs/benchmark.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+from array import array
+from pathlib import Path
+
+from benchmarks import report
+from benchmarks.loadclient import STEPS, worker_main
+from benchmarks.targets import (DEFAULT_TARGETS, TARGETS, ProcessTree, ServerProcess, describe_machine,
+                                ephemeral_ports, free_port, ulimit_nofile)
+
+MAX_CHARGERS = 20_000
+MAX_DURATION = 900.0
+ACTION_OF_KEY = {"StatusNotificationCharging": "StatusNotification", "TxMeterValues": "MeterValues"}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    mix: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in STEPS:
+            raise argparse.ArgumentTypeError(f"unknown step {name!r}: use {', '.join(STEPS)}")
+        try:
+            mix[name] = float(weight or 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad weight in {part!r}") from None
+    if not mix or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError("the mix needs at least one positive weight")
+    return mix
+
+
+def parse_counts(text: str) -> list[int]:
+    counts = [int(x) for x in text.replace("_", "").split(",") if x.strip()]
+    if not counts or any(not 1 <= n <= MAX_CHARGERS for n in counts):
+        raise argparse.ArgumentTypeError(f"charge point counts must be 1..{MAX_CHARGERS}")
+    return counts
+
+
+def parse_targets(text: str) -> list[str]:
+    names = list(TARGETS) if text == "all" else [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown target(s) {unknown}: choose from {', '.join(TARGETS)} or all")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--targets", type=parse_targets, default=list(DEFAULT_TARGETS),
+                   help=f"comma-separated, or 'all': {', '.join(TARGETS)}")
+    p.add_argument("--chargers", type=parse_counts, default=[100, 1000],
+                   help="comma-separated numbers of simulated charge points, one measuring point each")
+    p.add_argument("--duration", type=float, default=None,
+                   help="measuring window per point, seconds (default 10; 60 with --connections-only)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="load before the window, not recorded (default 3; 0 with --connections-only)")
+    p.add_argument("--mode", choices=("closed", "open"), default="closed",
+                   help="closed: each charger sends its next call as soon as the answer comes; "
+                        "open: --rate calls per second per charger on a fixed schedule")
+    p.add_argument("--rate", type=float, default=1.0, help="open loop: calls per second per charger")
+    p.add_argument("--mix", type=parse_mix, default=parse_mix("heartbeat=25,status=25,meter=25,transaction=25"),
+                   help="relative weights of the next step: heartbeat, status, meter, transaction "
+                        "(a transaction is Authorize, StartTransaction, MeterValues x --tx-meter-values, "
+                        "StopTransaction)")
+    p.add_argument("--tx-meter-values", type=int, default=2, help="MeterValues calls inside each transaction")
+    p.add_argument("--connections-only", type=int, metavar="N", default=None,
+                   help="hold N idle chargers (after BootNotification) sending only heartbeats every "
+                        "--heartbeat-interval seconds, spread out; reports heartbeat p99 and RSS per connection")
+    p.add_argument("--heartbeat-interval", type=float, default=30.0, help="--connections-only heartbeat period")
+    p.add_argument("--clients", type=int, default=None,
+                   help="load client processes (default: number of CPUs, at most one per 10 chargers)")
+    p.add_argument("--connect-concurrency", type=int, default=64,
+                   help="handshakes in flight per client process while connecting")
+    p.add_argument("--connect-timeout", type=float, default=60.0, help="per charger: connect + BootNotification")
+    p.add_argument("--call-timeout", type=float, default=10.0, help="a call unanswered this long is a timeout")
+    p.add_argument("--levity-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the levity targets (repeatable), e.g. LEVITY_LOG_LEVEL=WARNING")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
+    p.add_argument("--plot", type=Path, metavar="FILE", help="write a PNG: throughput and p99 against chargers")
+    p.add_argument("--quiet", action="store_true", help="only the final table")
+    return p
+
+
+def log(args, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+# One measuring point -----------------------------------------------------------------------
+
+def percentiles(values: list[int]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    values = sorted(values)
+    n = len(values)
+
+    def at(q: float) -> float:
+        return round(values[min(n - 1, int(q * n))] / 1000.0, 3)
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": round(values[-1] / 1000.0, 3),
+            "mean": round(sum(values) / n / 1000.0, 3)}
+
+
+def _recv(conn, timeout: float, expect: str):
+    if not conn.poll(timeout):
+        raise TimeoutError(f"a load client sent no {expect!r} within {timeout:.0f}s")
+    message = conn.recv()
+    if message[0] != expect:
+        raise RuntimeError(f"a load client sent {message[0]!r} instead of {expect!r}")
+    return message[1] if len(message) > 1 else None
+
+
+def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
+    spec = TARGETS[target_name]
+    receiver = None
+    server = None
+    workers: list[tuple[multiprocessing.Process, object]] = []
+    result: dict = {"target": target_name, "charge_points": chargers, "mode": args.mode,
+                    "rate_per_charger": args.rate if args.mode == "open" else None}
+    try:
+        fluentd_port = None
+        if spec.kind == "levity" and spec.audit == "fluentd":
+            from benchmarks.forward_receiver import ReceiverProcess
+
+            receiver = ReceiverProcess()
+            fluentd_port = receiver.port
+        elif spec.kind == "levity" and spec.audit == "down":
+            fluentd_port = free_port()  # nothing listens there
+        extra_env = dict(kv.split("=", 1) for kv in args.levity_env)
+        server = ServerProcess(spec, workdir, extra_env=extra_env, fluentd_port=fluentd_port).start()
+        if spec.kind == "levity":
+            result["levity_env"] = server.env_used
+        tree = ProcessTree(server.process.pid)
+        time.sleep(0.5)
+        rss_start = tree.rss()
+
+        # Load clients: the charge points split round-robin between the processes.
+        clients = args.clients or multiprocessing.cpu_count() or 1
+        clients = max(1, min(clients, (chargers + 9) // 10))
+        ids = [(n, f"BENCH{n:06d}") for n in range(1, chargers + 1)]
+        context = multiprocessing.get_context("fork")
+        for index in range(clients):
+            cfg = {"host": "127.0.0.1", "port": server.port, "echo": spec.kind == "echo",
+                   "charge_points": ids[index::clients], "mix": args.mix, "tx_meter_values": args.tx_meter_values,
+                   "rate": args.rate if args.mode == "open" else 0, "seed": args.seed * 1000 + index,
+                   "call_timeout": args.call_timeout, "connect_timeout": args.connect_timeout,
+                   "connect_concurrency": args.connect_concurrency}
+            parent_conn, child_conn = context.Pipe()
+            process = context.Process(target=worker_main, args=(cfg, child_conn), daemon=True,
+                                      name=f"bench-client-{index}")
+            process.start()
+            child_conn.close()
+            workers.append((process, parent_conn))
+
+        connect_started = time.monotonic()
+        ready = [_recv(conn, args.connect_timeout * (1 + chargers / 500) + 30, "ready") for _, conn in workers]
+        connected = sum(r["connected"] for r in ready)
+        failures: dict[str, int] = {}
+        for r in ready:
+            for reason, count in r["connect_failures"].items():
+                failures[reason] = failures.get(reason, 0) + count
+        boots = array("l")
+        for r in ready:
+            boots.frombytes(r["boot_latencies"])
+        result.update(connected=connected, connect_failures=failures,
+                      connect_seconds=round(time.monotonic() - connect_started, 2),
+                      boot_latency_ms=percentiles(list(boots)), client_processes=clients)
+        log(args, f"  {target_name}: {connected}/{chargers} charge points connected and booted "
+                  f"in {result['connect_seconds']:.1f}s" + (f"; failures: {failures}" if failures else ""))
+
+        time.sleep(1.0)  # settle: answers written, buffers back
+        rss_idle = tree.rss()
+        client_trees = [ProcessTree(p.pid) for p, _ in workers]
+
+        now = time.monotonic()
+        measure_start = now + 0.2 + args.warmup
+        measure_end = measure_start + args.duration
+        for _, conn in workers:
+            conn.send(("go", measure_start, measure_end))
+        peak_rss = rss_idle
+        while time.monotonic() < measure_start:
+            peak_rss = max(peak_rss, tree.rss())
+            time.sleep(min(0.25, max(0.0, measure_start - time.monotonic())))
+        cpu0 = tree.cpu_seconds()
+        client_cpu0 = sum(t.cpu_seconds() for t in client_trees)
+        receiver_cpu0 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
+        audit0 = receiver.snapshot()["events"] if receiver else 0
+        t0 = time.monotonic()
+        while time.monotonic() < measure_end:
+            peak_rss = max(peak_rss, tree.rss())
+            time.sleep(min(0.25, max(0.0, measure_end - time.monotonic())))
+        elapsed = time.monotonic() - t0
+        cpu1 = tree.cpu_seconds()
+        client_cpu1 = sum(t.cpu_seconds() for t in client_trees)
+        receiver_cpu1 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
+        audit1 = receiver.snapshot()["events"] if receiver else 0
+        peak_rss = max(peak_rss, tree.rss())
+        metrics_window = server.metrics()
+
+        outcomes = [_recv(conn, args.call_timeout + 30, "result") for _, conn in workers]
+        latencies: dict[str, list[int]] = {}
+        for outcome in outcomes:
+            for key, raw in outcome["latencies"].items():
+                values = array("l")
+                values.frombytes(raw)
+                latencies.setdefault(ACTION_OF_KEY.get(key, key), []).extend(values)
+        all_latencies = [v for values in latencies.values() for v in values]
+        errors_by_action: dict[str, int] = {}
+        for outcome in outcomes:
+            for action, count in outcome["errors"].items():
+                action = ACTION_OF_KEY.get(action, action)
+                errors_by_action[action] = errors_by_action.get(action, 0) + count
+        calls = len(all_latencies)
+        result.update(
+            window_seconds=round(args.duration, 3), calls=calls, calls_per_second=round(calls / args.duration, 1),
+            latency_ms=percentiles(all_latencies),
+            per_action={action: {"calls": len(values), **percentiles(values)}
+                        for action, values in sorted(latencies.items())},
+            errors=sum(errors_by_action.values()), errors_by_action=errors_by_action,
+            error_samples=[s for o in outcomes for s in o["error_samples"]][:5],
+            timeouts=sum(o["timeouts"] for o in outcomes),
+            unexpected_frames=sum(o["unexpected"] for o in outcomes),
+            disconnects=sum(o["disconnects"] for o in outcomes),
+            connections_held=sum(o["open_at_end"] for o in outcomes),
+            server_cpu_percent=round((cpu1 - cpu0) / elapsed * 100, 1),
+            server_processes=tree.num_processes(),
+            client_cpu_percent=round((client_cpu1 - client_cpu0) / elapsed * 100, 1),
+            client_cpu_percent_by_process=[round(o["client_cpu_percent"], 1) for o in outcomes],
+            server_rss_start_mb=round(rss_start / 2**20, 1), server_rss_idle_mb=round(rss_idle / 2**20, 1),
+            server_peak_rss_mb=round(peak_rss / 2**20, 1),
+            rss_per_connection_kb=round((rss_idle - rss_start) / connected / 1024, 1) if connected else None,
+        )
+        if spec.kind == "levity":
+            result["server_connected_metric"] = metrics_window.get("levity_connected_charge_points")
+            result["calls_throttled"] = metrics_window.get("levity_calls_throttled")
+
+        # Close the chargers, then the server (it flushes its audit events on SIGTERM).
+        for _, conn in workers:
+            conn.send(("close",))
+        for _, conn in workers:
+            try:
+                _recv(conn, 15, "closed")
+            except (TimeoutError, RuntimeError, EOFError):
+                pass
+        time.sleep(0.3)
+        metrics_final = server.metrics()
+        exit_code = server.stop()
+        result["server_exit_code"] = exit_code
+        if spec.kind == "levity":
+            audit_stats = {name.removeprefix("levity_audit_"): value for name, value in metrics_final.items()
+                           if name.startswith("levity_audit_")}
+            audit = {"sink_stats": audit_stats}
+            if receiver is not None:
+                delivered = _settle(receiver, audit_stats.get("emitted"))
+                audit.update(
+                    delivered=delivered["events"], delivered_by_tag=delivered["by_tag"],
+                    acks_sent=delivered["acks"], forward_connections=delivered["connections"],
+                    decode_errors=delivered["decode_errors"],
+                    delivered_in_window=audit1 - audit0,
+                    delivered_per_second=round((audit1 - audit0) / elapsed, 1),
+                    receiver_cpu_percent=round((receiver_cpu1 - receiver_cpu0) / elapsed * 100, 1))
+            else:
+                audit.update(delivered=0)
+            result["audit"] = audit
+        return result
+    finally:
+        for process, conn in workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            conn.close()
+        if server is not None:
+            server.kill()
+        if receiver is not None:
+            receiver.stop()
+
+
+def _settle(receiver, emitted: float | None, timeout: float = 15.0) -> dict:
+    """The receiver's counts once events stop arriving (or all emitted ones are in)."""
+    deadline = time.monotonic() + timeout
+    last = receiver.snapshot()
+    stable_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        snap = receiver.snapshot()
+        if emitted is not None and snap["events"] >= emitted:
+            return snap
+        if snap["events"] != last["events"]:
+            last, stable_since = snap, time.monotonic()
+        elif time.monotonic() - stable_since > 1.5:
+            break
+    return receiver.snapshot()
+
+
+# The run ----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.connections_only is not None:
+        if not 1 <= args.connections_only <= MAX_CHARGERS:
+            raise SystemExit(f"--connections-only: 1..{MAX_CHARGERS}")
+        args.chargers = [args.connections_only]
+        args.mode, args.rate = "open", 1.0 / args.heartbeat_interval
+        args.mix = {"heartbeat": 1.0}
+        args.duration = 60.0 if args.duration is None else args.duration
+        args.warmup = 0.0 if args.warmup is None else args.warmup
+    args.duration = 10.0 if args.duration is None else args.duration
+    args.warmup = 3.0 if args.warmup is None else args.warmup
+    if not 0 < args.duration <= MAX_DURATION or not 0 <= args.warmup <= MAX_DURATION:
+        raise SystemExit(f"--duration and --warmup: up to {MAX_DURATION:.0f} s")
+    if args.mode == "open" and args.rate <= 0:
+        raise SystemExit("--rate must be positive")
+    for kv in args.levity_env:
+        if "=" not in kv:
+            raise SystemExit(f"--levity-env {kv!r}: expected KEY=VALUE")
+
+    soft, hard = ulimit_nofile()
+    needed = max(args.chargers) + 256
+    limits = {"nofile_soft": soft, "nofile_hard": hard, "ephemeral_ports": ephemeral_ports()}
+    if soft < needed:
+        print(f"warning: open files limit {soft} (hard {hard}) is below the {needed} descriptors the server "
+              f"needs for {max(args.chargers)} charge points: some connections will fail", file=sys.stderr)
+
+    run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": describe_machine(), "limits": limits,
+           "config": {"targets": args.targets, "chargers": args.chargers, "mode": args.mode,
+                      "rate_per_charger": args.rate if args.mode == "open" else None, "mix": args.mix,
+                      "tx_meter_values": args.tx_meter_values, "duration": args.duration, "warmup": args.warmup,
+                      "connections_only": args.connections_only,
+                      "heartbeat_interval": args.heartbeat_interval if args.connections_only else None,
+                      "clients": args.clients or multiprocessing.cpu_count(), "seed": args.seed,
+                      "levity_env": args.levity_env},
+           "results": []}
+    workdir = Path(tempfile.mkdtemp(prefix="levity-bench-"))
+    try:
+        for chargers in args.chargers:
+            for target in args.targets:
+                log(args, f"[{target} x {chargers} charge points, {args.mode} loop, "
+                          f"{args.warmup:g}s warm-up + {args.duration:g}s]")
+                point_dir = workdir / f"{target}-{chargers}"
+                point_dir.mkdir()
+                try:
+                    result = run_point(args, target, chargers, point_dir)
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    result = {"target": target, "charge_points": chargers, "failed": str(exc)[-2000:]}
+                    log(args, f"  {target}: FAILED: {exc}")
+                run["results"].append(result)
+                shutil.rmtree(point_dir, ignore_errors=True)
+    except KeyboardInterrupt:
+        print("interrupted: reporting what was measured", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    run["ratios"] = report.ratios(run["results"])
+    print(report.table(run))
+    if args.json:
+        args.json.write_text(json.dumps(run, indent=2) + "\n")
+        log(args, f"JSON written to {args.json}")
+    if args.plot:
+        report.plot(run, args.plot)
+        log(args, f"plot written to {args.plot}")
+    return 0 if all("failed" not in r for r in run["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

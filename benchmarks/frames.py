@@ -1,0 +1,129 @@
+"""Prebuilt OCPP 1.6J CALL frames, as complete client-to-server WebSocket frames.
+
+Every frame is built once: WebSocket header + a zero masking key + `[2,"` + unique id +
+`","Action",{payload}]`. Unique ids have a fixed width, so the header (which holds the
+payload length) is fixed too and sending a call is one bytes concatenation. A zero masking
+key is valid (RFC 6455 only asks the key to be unpredictable, servers unmask whatever it is)
+and spares the client the XOR; the server does the same unmasking work with any key.
+Only MeterValues and StopTransaction carry a per-transaction value (the transactionId the
+server answered), so those two are assembled from two parts and get their header per call.
+"""
+
+from __future__ import annotations
+
+import json
+
+# Unique ids: 10 digits, per charger counter (unique per connection, which is what OCPP-J asks).
+UID_WIDTH = 10
+ZERO_MASK = b"\x00\x00\x00\x00"
+BENCH_TIMESTAMP = "2024-01-15T10:00:00.000Z"
+ID_TAG = "BENCHTAG01"
+METER_START = 10_000
+METER_STOP = 17_500
+
+
+def ws_header(length: int, opcode: int = 0x1) -> bytes:
+    """Header of a final, masked client frame carrying `length` bytes (mask key not included)."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, 0x80 | length))
+    if length < 65536:
+        return bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
+    return bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
+
+
+def masked_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    return ws_header(len(payload), opcode) + ZERO_MASK + payload
+
+
+def _json(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+BOOT_PAYLOAD = {"chargePointVendor": "LevityBench", "chargePointModel": "SimCharger",
+                "chargePointSerialNumber": "BENCH-SN", "firmwareVersion": "1.0.0"}
+
+STATIC_PAYLOADS: dict[str, dict] = {
+    "BootNotification": BOOT_PAYLOAD,
+    "Heartbeat": {},
+    "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Available",
+                           "timestamp": BENCH_TIMESTAMP},
+    "StatusNotificationCharging": {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
+                                   "timestamp": BENCH_TIMESTAMP},
+    "Authorize": {"idTag": ID_TAG},
+    "StartTransaction": {"connectorId": 1, "idTag": ID_TAG, "meterStart": METER_START,
+                         "timestamp": BENCH_TIMESTAMP},
+    # Meter values outside a transaction (connector energy register), as chargers send them.
+    "MeterValues": {"connectorId": 1, "meterValue": [{"timestamp": BENCH_TIMESTAMP, "sampledValue": [
+        {"value": "12345", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
+         "unit": "Wh"}]}]},
+}
+
+# Three samples per MeterValues in a transaction: energy, power, current.
+TX_METER_VALUE = [{"timestamp": BENCH_TIMESTAMP, "sampledValue": [
+    {"value": "12000", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+    {"value": "11000", "context": "Sample.Periodic", "measurand": "Power.Active.Import", "unit": "W"},
+    {"value": "16.0", "context": "Sample.Periodic", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
+]}]
+
+# The action name a frame key stands for (StatusNotificationCharging is a StatusNotification).
+ACTION_OF = {key: key for key in STATIC_PAYLOADS}
+ACTION_OF["StatusNotificationCharging"] = "StatusNotification"
+ACTION_OF["TxMeterValues"] = "MeterValues"
+ACTION_OF["StopTransaction"] = "StopTransaction"
+
+
+class StaticFrame:
+    """head + uid + tail is the whole WebSocket frame."""
+
+    __slots__ = ("key", "action", "head", "tail")
+
+    def __init__(self, key: str, payload: dict):
+        self.key = key
+        self.action = ACTION_OF[key]
+        body_tail = b'","' + self.action.encode() + b'",' + _json(payload) + b"]"
+        length = len(b'[2,"') + UID_WIDTH + len(body_tail)
+        self.head = ws_header(length) + ZERO_MASK + b'[2,"'
+        self.tail = body_tail
+
+    def build(self, uid: bytes) -> bytes:
+        return self.head + uid + self.tail
+
+
+class TransactionFrame:
+    """A frame with the transactionId spliced in: `[2,"uid","Action",{before}ID{after}]`."""
+
+    __slots__ = ("key", "action", "before", "after")
+
+    def __init__(self, key: str, action: str, before: bytes, after: bytes):
+        self.key, self.action = key, action
+        self.before = b'","' + action.encode() + b'",' + before
+        self.after = after + b"]"
+
+    def build(self, uid: bytes, transaction_id: int) -> bytes:
+        body = b'[2,"' + uid + self.before + b"%d" % transaction_id + self.after
+        return ws_header(len(body)) + ZERO_MASK + body
+
+
+STATIC = {key: StaticFrame(key, payload) for key, payload in STATIC_PAYLOADS.items()}
+TX_METER_VALUES = TransactionFrame(
+    "TxMeterValues", "MeterValues", b'{"connectorId":1,"transactionId":',
+    b',"meterValue":' + _json(TX_METER_VALUE) + b"}")
+STOP_TRANSACTION = TransactionFrame(
+    "StopTransaction", "StopTransaction", b'{"transactionId":',
+    b',"idTag":"' + ID_TAG.encode() + b'","meterStop":%d,"timestamp":"%s","reason":"Local"}'
+    % (METER_STOP, BENCH_TIMESTAMP.encode()))
+
+# Client control frames.
+CLOSE_FRAME = masked_frame(b"\x03\xe8", opcode=0x8)  # 1000 normal closure
+
+
+def pong_frame(payload: bytes) -> bytes:
+    return masked_frame(payload, opcode=0xA)
+
+
+def handshake_request(host: str, port: int, path: str) -> bytes:
+    # A fixed key: the bench does not check Sec-WebSocket-Accept beyond the 101 status.
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: ocpp1.6\r\nUser-Agent: levity-bench\r\n\r\n").encode()
