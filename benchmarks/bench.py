@@ -23,6 +23,8 @@ import time
 from array import array
 from pathlib import Path
 
+import psutil
+
 from benchmarks import report
 from benchmarks.loadclient import STEPS, worker_main
 from benchmarks.targets import (DEFAULT_TARGETS, TARGETS, ProcessTree, ServerProcess, describe_machine,
@@ -206,11 +208,13 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         client_cpu0 = sum(t.cpu_seconds() for t in client_trees)
         receiver_cpu0 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
         audit0 = receiver.snapshot()["events"] if receiver else 0
+        machine0 = psutil.cpu_times()
         t0 = time.monotonic()
         while time.monotonic() < measure_end:
             peak_rss = max(peak_rss, tree.rss())
             time.sleep(min(0.25, max(0.0, measure_end - time.monotonic())))
         elapsed = time.monotonic() - t0
+        machine1 = psutil.cpu_times()
         cpu1 = tree.cpu_seconds()
         client_cpu1 = sum(t.cpu_seconds() for t in client_trees)
         receiver_cpu1 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
@@ -246,6 +250,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             server_cpu_percent=round((cpu1 - cpu0) / elapsed * 100, 1),
             server_processes=tree.num_processes(),
             client_cpu_percent=round((client_cpu1 - client_cpu0) / elapsed * 100, 1),
+            machine_cpu_busy_percent=_busy_percent(machine0, machine1),
             client_cpu_percent_by_process=[round(o["client_cpu_percent"], 1) for o in outcomes],
             server_rss_start_mb=round(rss_start / 2**20, 1), server_rss_idle_mb=round(rss_idle / 2**20, 1),
             server_peak_rss_mb=round(peak_rss / 2**20, 1),
@@ -295,6 +300,13 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             server.kill()
         if receiver is not None:
             receiver.stop()
+
+
+def _busy_percent(before, after) -> float:
+    """Share of all CPUs that was busy (user, system, softirq...: not idle or iowait), in %."""
+    total = sum(after) - sum(before)
+    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0) - getattr(before, "iowait", 0))
+    return round((total - idle) / total * 100, 1) if total > 0 else 0.0
 
 
 def _settle(receiver, emitted: float | None, timeout: float = 15.0) -> dict:

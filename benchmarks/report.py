@@ -51,7 +51,7 @@ def table(run: dict) -> str:
     lines.append(f"Levity load bench: {mode}; {cfg['warmup']:g}s warm-up, {cfg['duration']:g}s window; "
                  f"{machine.get('cpus')} CPUs, load client in {cfg['clients']} process(es) on the same machine")
     header = (f"{'target':<20} {'CPs':>6} {'held':>6} {'calls/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-              f"{'err':>5} {'t/o':>5} {'srvCPU%':>8} {'peakMB':>7} {'KB/conn':>8} {'audit':>8} {'cliCPU%':>8}")
+              f"{'err':>5} {'t/o':>5} {'srvCPU%':>8} {'mach%':>5} {'peakMB':>7} {'KB/conn':>8} {'audit':>8} {'cliCPU%':>8}")
     lines += [header, "-" * len(header)]
     for r in results:
         if "failed" in r:
@@ -62,11 +62,12 @@ def table(run: dict) -> str:
         lines.append(
             f"{r['target']:<20} {r['charge_points']:>6} {r['connections_held']:>6} {r['calls_per_second']:>9.1f} "
             f"{_fmt(lat['p50'], '.2f'):>8} {_fmt(lat['p95'], '.2f'):>8} {_fmt(lat['p99'], '.2f'):>8} "
-            f"{r['errors']:>5} {r['timeouts']:>5} {r['server_cpu_percent']:>8.1f} {r['server_peak_rss_mb']:>7.1f} "
+            f"{r['errors']:>5} {r['timeouts']:>5} {r['server_cpu_percent']:>8.1f} {r['machine_cpu_busy_percent']:>5.0f} {r['server_peak_rss_mb']:>7.1f} "
             f"{_fmt(r['rss_per_connection_kb'], '.1f'):>8} {_fmt(audit, 'd'):>8} {r['client_cpu_percent']:>8.1f}")
     lines.append("")
     lines.append("held: connections open at the end; t/o: timeouts; srvCPU%: server process tree, % of one core; "
-                 "KB/conn: (RSS with the chargers idle - RSS at start) / connected;")
+                 "mach%: all CPUs busy (incl. kernel networking);")
+    lines.append("KB/conn: (RSS with the chargers idle - RSS at start) / connected; ")
     lines.append("audit: events the Fluentd Forward receiver got (levity with audit on); "
                  "cliCPU%: all load client processes, % of one core")
     rows = run.get("ratios") or []
@@ -137,6 +138,8 @@ def plot(run: dict, path: Path) -> None:
         ax.legend()
         if len({r["charge_points"] for r in results}) > 1:
             ax.set_xscale("log")
+    if any(r["latency_ms"]["p99"] for r in results):
+        ax_p99.set_yscale("log")
     cfg = run["config"]
     mode = "closed loop" if cfg["mode"] == "closed" else f"open loop {cfg['rate_per_charger']:g}/s per charger"
     fig.suptitle(f"Levity load bench ({mode}, {run['machine'].get('cpus')} CPUs, {cfg['duration']:g}s per point)")
