@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import yaml
-from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call_result
@@ -25,7 +25,7 @@ from ocpp.v16.enums import Action, AuthorizationStatus
 from levity.audit.events import EventFactory, count_samples, iso_utc
 from levity.audit.sink import AuditSink
 from levity.protocol import CALLRESULT, Call, CallError, PayloadValidator, Reply, call_result as encode_result
-from levity.protocol import check_action, parse_frame
+from levity.protocol import check_action, parse_frame, response_payload, to_snake
 from levity.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,20 +102,42 @@ def _now() -> str:
 
 
 class ChargePoint(OcppChargePoint):
+    # Not the library's __init__: it builds a route map of bound methods, a lock and a queue
+    # per connection; with 10,000 chargers the routes are shared per class and the rest is
+    # created on the first call() the Central System makes.
     def __init__(self, charge_point_id: str, connection, context: CentralSystemContext):
-        super().__init__(charge_point_id, connection)
+        self.id = charge_point_id
+        self._connection = connection
         self.ctx = context
+        self._bucket = TokenBucket(context.max_calls_per_second)
+        self._response_timeout = 30
+        self._call_lock: asyncio.Lock | None = None
+        self._response_queue: asyncio.Queue | None = None
+        self._unique_id_generator = uuid.uuid4
+        self.logger = log
+
+    @classmethod
+    def routes(cls) -> dict[str, Any]:
+        routes = cls.__dict__.get("_routes")
+        if routes is None:
+            routes = {f._on_action: f for klass in reversed(cls.__mro__) for f in vars(klass).values()
+                      if hasattr(f, "_on_action")}
+            cls._routes = routes
+        return routes
+
+    async def call(self, *args, **kwargs):
+        if self._call_lock is None:
+            self._call_lock, self._response_queue = asyncio.Lock(), asyncio.Queue()
+        return await super().call(*args, **kwargs)
 
     # Framing: every frame gets the answer OCPP-J names; nothing a charger sends stops the loop.
 
-    async def start(self) -> None:
-        bucket = TokenBucket(self.ctx.max_calls_per_second)
-        async for raw in self._connection:
-            wait = bucket.delay()
-            if wait:
-                self.ctx.throttled += 1
-                await asyncio.sleep(wait)
-            await self.route_message(raw)
+    async def handle_frame(self, raw: str | bytes) -> None:
+        wait = self._bucket.delay()
+        if wait:
+            self.ctx.throttled += 1
+            await asyncio.sleep(wait)
+        await self.route_message(raw)
 
     async def route_message(self, raw: str | bytes) -> None:
         try:
@@ -133,12 +155,12 @@ class ChargePoint(OcppChargePoint):
         """The CALLRESULT or CALLERROR frame for one CALL."""
         try:
             check_action(call)
-            handlers = self.route_map.get(call.action)
-            if handlers is None:
+            handler = self.routes().get(call.action)
+            if handler is None:
                 raise CallError("NotSupported", f"{call.action} is not supported by Levity", call.unique_id)
             self.ctx.validator.validate(call)
-            response = await handlers["_on_action"](**camel_to_snake_case(call.payload))
-            payload = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
+            response = await handler(self, **to_snake(call.payload))
+            payload = response_payload(response)
         except CallError as error:
             log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
                         error.code, error.description)
@@ -154,7 +176,7 @@ class ChargePoint(OcppChargePoint):
 
     def _take_reply(self, reply: Reply) -> None:
         # A CALLRESULT/CALLERROR is only meaningful while our own call() waits for it.
-        if self._call_lock.locked():
+        if self._call_lock is not None and self._call_lock.locked():
             from ocpp.messages import CallError as OcppCallError, CallResult as OcppCallResult
 
             if reply.message_type == CALLRESULT:

@@ -26,13 +26,16 @@ OCPP 2.0.1 made explicit). CALLRESULT and CALLERROR frames are never answered (O
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import fastjsonschema
 import ocpp.v16
+import orjson
 from ocpp.v16.enums import Action
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
@@ -109,7 +112,60 @@ def _oversized_integer(value: Any) -> bool:
 
 
 def encode(message: list) -> str:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(message).decode()
+
+
+def _loads(raw: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # Slow path for what orjson refuses (integers beyond 64 bits, deep nesting): the
+        # standard parser tells a broken frame from a merely out-of-range value.
+        return json.loads(raw, parse_constant=_reject_constant)
+
+
+# Payload keys between OCPP's camelCase and the handlers' snake_case. The `ocpp` library
+# converts with a regular expression per key per message; the set of keys is small and
+# fixed, so each conversion is computed once.
+_SNAKE: dict[str, str] = {}
+_CAMEL: dict[str, str] = {}
+_UPPER = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def _snake_key(key: str) -> str:
+    snake = _SNAKE.get(key)
+    if snake is None:
+        snake = _SNAKE[key] = _UPPER.sub("_", key).lower() if len(_SNAKE) < 10_000 else key
+    return snake
+
+
+def to_snake(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_snake_key(k): to_snake(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_snake(v) for v in value]
+    return value
+
+
+def _camel_key(key: str) -> str:
+    camel = _CAMEL.get(key)
+    if camel is None:
+        first, *rest = key.split("_")
+        camel = _CAMEL[key] = first + "".join(part.capitalize() for part in rest)
+    return camel
+
+
+def response_payload(value: Any) -> Any:
+    """An answer dataclass (ocpp.v16.call_result) as an OCPP JSON payload: camelCase keys,
+    None fields left out, as the library's serialize_as_dict/remove_nones/snake_to_camel_case."""
+    if dataclasses.is_dataclass(value):
+        return {_camel_key(f.name): response_payload(v) for f in dataclasses.fields(value)
+                if (v := getattr(value, f.name)) is not None}
+    if isinstance(value, dict):
+        return {_camel_key(k): response_payload(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [response_payload(v) for v in value]
+    return value
 
 
 def call_result(unique_id: str, payload: dict[str, Any]) -> str:
@@ -121,7 +177,7 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if isinstance(raw, bytes):
         raise CallError("FormationViolation", "OCPP-J uses text frames; got a binary frame")
     try:
-        message = json.loads(raw, parse_constant=_reject_constant)
+        message = _loads(raw)
     except (ValueError, RecursionError):
         raise CallError("FormationViolation", "frame is not valid JSON") from None
     if not isinstance(message, list) or not message:

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
 
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from levity import __version__
@@ -38,6 +36,7 @@ from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
 from levity.store import Store
+from levity.transport import OcppConnection
 
 log = logging.getLogger("levity")
 
@@ -65,7 +64,7 @@ def format_address(address) -> str:
 @dataclass
 class Session:
     charge_point_id: str
-    websocket: ServerConnection
+    connection: OcppConnection
     remote_address: str
     connected_at: float = field(default_factory=time.monotonic)
     replaced: bool = False
@@ -92,7 +91,8 @@ class CentralSystem:
         self.credentials = CredentialCache()
         self.refused: dict[int, int] = {}  # HTTP status -> count, for /metrics
         self.ssl_context = self._ssl_context()
-        self._server = None
+        self._server: asyncio.Server | None = None
+        self._keepalive_task: asyncio.Task | None = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -115,10 +115,15 @@ class CentralSystem:
 
     # Handshake ----------------------------------------------------------------------------
 
-    def select_subprotocol(self, connection: ServerConnection, offered) -> str | None:
+    subprotocol = SUBPROTOCOL
+
+    @staticmethod
+    def select_subprotocol(protocol, offered) -> str | None:
+        # None completes the handshake without a subprotocol; opened() then closes (OCPP-J).
         return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
-    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def check_request(self, connection: OcppConnection, request: Request) -> Response | None:
+        """None to accept the upgrade, or the HTTP response that refuses it."""
         if "upgrade" not in request.headers.get("Connection", "").lower():
             return self._http(connection, request)
         charge_point_id = charge_point_id_from_path(request.path)
@@ -143,9 +148,12 @@ class CentralSystem:
                 return self._refuse(connection, HTTPStatus.FORBIDDEN, "Certificate does not match the charge point id")
         return None
 
-    def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Response:
+    def prepare_response(self, connection: OcppConnection, response: Response) -> None:
+        response.headers["Server"] = f"Levity/{__version__}"
+
+    def _refuse(self, connection: OcppConnection, status: HTTPStatus, text: str) -> Response:
         self.refused[status.value] = self.refused.get(status.value, 0) + 1
-        return connection.respond(status, text + "\n")
+        return connection.protocol.reject(status, text + "\n")
 
     async def _basic_auth_ok(self, charge_point_id: str, request: Request) -> bool:
         credentials = parse_basic_auth(request.headers.get("Authorization"))
@@ -165,16 +173,17 @@ class CentralSystem:
             log.warning("%s: refused: wrong password or none set", charge_point_id)
         return ok
 
-    def _http(self, connection: ServerConnection, request: Request) -> Response:
+    def _http(self, connection: OcppConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
+        reject = connection.protocol.reject
         if path == "/health":
-            return connection.respond(HTTPStatus.OK, "ok\n")
+            return reject(HTTPStatus.OK, "ok\n")
         if path == "/metrics":
-            response = connection.respond(HTTPStatus.OK, self.metrics_text())
+            response = reject(HTTPStatus.OK, self.metrics_text())
             response.headers["Content-Type"] = "text/plain; version=0.0.4"
             return response
-        return connection.respond(HTTPStatus.UPGRADE_REQUIRED, "This is an OCPP-J endpoint: "
-                                  "connect with WebSocket to /<charge_point_id>\n")
+        return reject(HTTPStatus.UPGRADE_REQUIRED, "This is an OCPP-J endpoint: "
+                      "connect with WebSocket to /<charge_point_id>\n")
 
     def metrics_text(self) -> str:
         lines = [
@@ -190,53 +199,67 @@ class CentralSystem:
 
     # Connections --------------------------------------------------------------------------
 
-    async def handle(self, websocket: ServerConnection) -> None:
-        charge_point_id = charge_point_id_from_path(websocket.request.path)
-        remote = format_address(websocket.remote_address)
-        if websocket.subprotocol != SUBPROTOCOL:
+    def opened(self, connection: OcppConnection) -> None:
+        charge_point_id = charge_point_id_from_path(connection.request.path)
+        remote = format_address(connection.remote_address)
+        if connection.subprotocol != SUBPROTOCOL:
             log.warning("%s from %s offered no %s subprotocol: closing", charge_point_id, remote, SUBPROTOCOL)
-            await websocket.close(1002, f"{SUBPROTOCOL} subprotocol required")
+            connection.close(1002, f"{SUBPROTOCOL} subprotocol required")
             return
 
-        session = Session(charge_point_id, websocket, remote)
+        session = Session(charge_point_id, connection, remote)
         previous = self.sessions.get(charge_point_id)
         self.sessions[charge_point_id] = session
         if previous is not None:
             previous.replaced = True
             log.info("%s reconnected from %s: closing its previous connection from %s",
                      charge_point_id, remote, previous.remote_address)
-            asyncio.create_task(previous.websocket.close(1000, "replaced by a newer connection"))
+            previous.connection.close(1000, "replaced by a newer connection")
 
+        charge_point = ChargePoint(charge_point_id, connection, self.context)
+        connection.on_message = charge_point.handle_frame
+        connection.on_close = lambda _: self._closed(session)
         self.sink.emit(self.events.make("websocket_connect", charge_point_id, remote_address=remote))
         log.info("%s connected from %s", charge_point_id, remote)
-        try:
-            await ChargePoint(charge_point_id, websocket, self.context).start()
-        except ConnectionClosed:
-            pass
-        finally:
-            if self.sessions.get(charge_point_id) is session:
-                del self.sessions[charge_point_id]
-            duration = round(time.monotonic() - session.connected_at, 3)
-            self.sink.emit(self.events.make(
-                "websocket_disconnect", charge_point_id, remote_address=remote,
-                close_code=websocket.close_code, close_reason=websocket.close_reason or "",
-                duration_seconds=duration, replaced=session.replaced))
-            log.info("%s disconnected (code %s, %.1fs)", charge_point_id, websocket.close_code, duration)
+
+    def _closed(self, session: Session) -> None:
+        if self.sessions.get(session.charge_point_id) is session:
+            del self.sessions[session.charge_point_id]
+        connection = session.connection
+        duration = round(time.monotonic() - session.connected_at, 3)
+        self.sink.emit(self.events.make(
+            "websocket_disconnect", session.charge_point_id, remote_address=session.remote_address,
+            close_code=connection.close_code, close_reason=connection.close_reason,
+            duration_seconds=duration, replaced=session.replaced))
+        log.info("%s disconnected (code %s, %.1fs)", session.charge_point_id, connection.close_code, duration)
+
+    async def _keepalive(self) -> None:
+        """Ping chargers that have been quiet for ping_interval; drop those that stay silent
+        for ping_timeout more. One sweep for all connections instead of a task each."""
+        interval, timeout = self.settings.ping_interval, self.settings.ping_timeout
+        while True:
+            await asyncio.sleep(min(interval, timeout) / 2)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                idle = now - session.connection.last_seen
+                if idle > interval + timeout:
+                    log.warning("%s: no pong within %.0fs: closing", session.charge_point_id, timeout)
+                    session.connection.close(1011, "keepalive ping timeout")
+                    session.connection.abort()
+                elif idle > interval:
+                    session.connection.ping()
 
     # Lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.sink.start()
         settings = self.settings
-        self._server = await serve(
-            self.handle, settings.host, settings.port,
-            subprotocols=[SUBPROTOCOL], select_subprotocol=self.select_subprotocol,
-            process_request=self.process_request, server_header=f"Levity/{__version__}",
-            ssl=self.ssl_context, max_size=settings.max_frame_bytes, open_timeout=settings.handshake_timeout,
-            ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout,
-            # OCPP frames are small JSON; compression would cost CPU and memory per connection.
-            compression=None,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: OcppConnection(self), settings.host, settings.port, ssl=self.ssl_context,
+            ssl_handshake_timeout=settings.handshake_timeout if self.ssl_context else None, backlog=4096,
         )
+        self._keepalive_task = asyncio.create_task(self._keepalive())
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"
@@ -246,8 +269,16 @@ class CentralSystem:
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
         if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
+            self._server.close()  # stop accepting
+            self._keepalive_task.cancel()
+            for session in list(self.sessions.values()):
+                session.connection.close(1001, "server shutting down")
+            for _ in range(50):  # chargers answer the close frame within milliseconds
+                if not self.sessions:
+                    break
+                await asyncio.sleep(0.02)
+            for session in list(self.sessions.values()):
+                session.connection.abort()
         await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
         self.store.close()
         log.info("stopped")

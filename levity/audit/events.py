@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +94,30 @@ class AuditEvent:
         return self.record["event_type"] in ("transaction_start", "transaction_stop")
 
 
+_second_cache: list = [None, ""]
+
+
 def iso_utc(time_ns: int) -> str:
     """ISO 8601 UTC with millisecond digits and Z, e.g. 2024-01-15T10:00:00.123Z."""
     seconds, rest = divmod(time_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}Z"
+    if _second_cache[0] != seconds:  # formatting the date part once per second is enough
+        _second_cache[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
+    return f"{_second_cache[1]}.{rest // 1_000_000:03d}Z"
+
+
+class _EventIds:
+    """Unique event ids without a uuid4 per event: 64 random bits per process start plus a
+    counter, 32 hex characters like a uuid."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
+_event_ids = _EventIds()
 
 
 class IdTagPolicy:
@@ -140,7 +161,7 @@ class EventFactory:
             "event_type": event_type,
             "charge_point_id": charge_point_id,
             "timestamp": iso_utc(now_ns),
-            "event_id": uuid.uuid4().hex,
+            "event_id": _event_ids.next(),
         }
         if "id_tag" in fields:
             fields["id_tag"] = self.id_tags.apply(fields["id_tag"])

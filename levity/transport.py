@@ -1,0 +1,270 @@
+"""One charger's WebSocket connection, driven by websockets' Sans-I/O protocol.
+
+Written by hand on top of `websockets.server.ServerProtocol` rather than with
+`websockets.asyncio.server` because the asyncio layer costs a task, a receive queue and a
+task switch per message and about 20 KB per connection; OCPP calls are small and answered
+at once, so here a frame is parsed, handled and answered inside `data_received`, and only a
+call that really waits (a transaction event's fsync, a slow password check) continues in a
+task. That is what lets one process hold 10,000 chargers and answer several times faster
+than a plain `ocpp` library server. The HTTP handshake, framing, UTF-8 and size checks,
+ping/pong and close handshake all remain websockets' own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
+
+from websockets.frames import CloseCode, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import CLOSED, CONNECTING, OPEN
+from websockets.server import ServerProtocol
+
+if TYPE_CHECKING:
+    from levity.server import CentralSystem
+
+log = logging.getLogger("levity.transport")
+
+CLOSE_TIMEOUT = 10.0
+
+
+class _Resume:
+    """Lets a task take over a coroutine that was started eagerly and then suspended:
+    it hands each awaited future to the task and feeds results back (what Task.__step does)."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine, yielded: Any):
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self):
+        yielded = self.yielded
+        while True:
+            try:
+                value = yield yielded
+            except BaseException as exc:  # noqa: BLE001 - delivered into the coroutine, as a task would
+                try:
+                    yielded = self.coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    yielded = self.coro.send(value)
+                except StopIteration as done:
+                    return done.value
+
+
+def run_eagerly(coro: Coroutine, on_done: Callable[[Any, BaseException | None], None]) -> asyncio.Task | None:
+    """Run `coro` now, up to its first real suspension; finish it in a task only if needed.
+    `on_done(result, error)` is called exactly once, synchronously when possible."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        on_done(done.value, None)
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        on_done(None, exc)
+        return None
+
+    async def finish():
+        try:
+            result = await _Resume(coro, yielded)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            on_done(None, exc)
+        else:
+            on_done(result, None)
+
+    return asyncio.ensure_future(finish())
+
+
+class OcppConnection(asyncio.Protocol):
+    """The transport side of one charger. The server decides about the handshake and
+    handles each text message; this class moves bytes, in order, with backpressure."""
+
+    def __init__(self, central: "CentralSystem"):
+        self.central = central
+        settings = central.settings
+        self.protocol = ServerProtocol(subprotocols=[central.subprotocol], select_subprotocol=central.select_subprotocol,
+                                       max_size=settings.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.request: Request | None = None
+        self.remote_address: Any = None
+        self.last_seen = time.monotonic()
+        self.on_message: Callable[[str], Awaitable[None]] | None = None  # set once open
+        self.on_close: Callable[["OcppConnection"], None] | None = None
+        self._queue: deque[str | bytes] = deque()
+        self._waiting = False  # a message's handling continues in a task
+        self._fragments: list[bytes] = []
+        self._message_opcode = Opcode.TEXT
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    # asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.remote_address = transport.get_extra_info("peername")
+        self._timer = asyncio.get_running_loop().call_later(
+            self.central.settings.handshake_timeout, self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        self.protocol.receive_data(data)
+        self._process_events()
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self._process_events()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer:
+            self._timer.cancel()
+        if self.protocol.state is not CLOSED:
+            self.protocol.state = CLOSED
+        if self.on_close is not None:
+            on_close, self.on_close = self.on_close, None
+            on_close(self)
+
+    def pause_writing(self) -> None:
+        # The charger does not read its answers: stop reading its calls until it does.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+    # Events from websockets ---------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self._start_handshake(event)
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                self._message_opcode = opcode
+            elif opcode is not Opcode.CONT:
+                continue  # ping, pong and close are websockets' business
+            self._fragments.append(event.data)
+            if event.fin:
+                data = b"".join(self._fragments)
+                self._fragments = []
+                self._deliver(data, self._message_opcode is Opcode.TEXT)
+        self._flush()
+
+    def _deliver(self, data: bytes, is_text: bool) -> None:
+        if not is_text:
+            message: str | bytes = data
+        else:
+            try:
+                message = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+                return
+        if self.on_message is None or self.protocol.state is not OPEN:
+            return
+        self._queue.append(message)
+        if not self._waiting:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Handle queued messages in order, each answered before the next is read."""
+        while self._queue and not self._closed:
+            task = run_eagerly(self.on_message(self._queue.popleft()), self._message_done)
+            if task is not None:
+                self._waiting = True  # _message_done carries on when the task ends
+                return
+
+    def _message_done(self, result: Any, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("message handler failed", exc_info=error)
+        if self._waiting:  # finished in a task: carry on with what queued up meanwhile
+            self._waiting = False
+            self._drain()
+
+    # Handshake -----------------------------------------------------------------------------
+
+    def _start_handshake(self, request: Request) -> None:
+        self.request = request
+        self.transport.pause_reading()
+        run_eagerly(self.central.check_request(self, request), self._finish_handshake)
+
+    def _finish_handshake(self, refusal: Response | None, error: BaseException | None) -> None:
+        if self._closed:
+            return
+        if error is not None:
+            log.error("handshake check failed", exc_info=error)
+            refusal = self.protocol.reject(500, "Internal error\n")
+        response = refusal if refusal is not None else self.protocol.accept(self.request)
+        self.central.prepare_response(self, response)
+        self.protocol.send_response(response)
+        self._flush()
+        if self._timer:
+            self._timer.cancel()
+            self._timer = None
+        if self.protocol.state is OPEN:
+            self.central.opened(self)
+        self.transport.resume_reading()
+
+    def _handshake_expired(self) -> None:
+        if self.protocol.state is CONNECTING:
+            log.info("handshake from %s not finished in time: closing", self.remote_address)
+            self.transport.abort()
+
+    # Sending and closing -------------------------------------------------------------------
+
+    async def send(self, message: str) -> None:
+        """Queue a text message; the ocpp ChargePoint's connection interface."""
+        self.send_now(message)
+
+    def send_now(self, message: str) -> None:
+        if self.protocol.state is OPEN:
+            self.protocol.send_text(message.encode("utf-8"))
+            self._flush()
+
+    def ping(self) -> None:
+        if self.protocol.state is OPEN:
+            self.protocol.send_ping(b"levity")
+            self._flush()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.protocol.state is OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def close_code(self) -> int | None:
+        return self.protocol.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self.protocol.close_reason or ""
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.protocol.subprotocol
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+        if self.protocol.eof_sent:
+            # Closing handshake done (or handshake refused): close once the buffer is out.
+            transport.close()
+        elif self.protocol.close_expected() and self._timer is None:
+            # We sent a close frame: give the charger a moment to answer, then drop it.
+            self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
