@@ -35,6 +35,7 @@ class LevityProcess:
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
+        self.health_ssl = None  # an ssl.SSLContext when Levity serves TLS
         self.log_path = self.workdir / "levity.log"
         self.starts = 0
 
@@ -54,8 +55,10 @@ class LevityProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{self.log()}")
+            scheme = "https" if self.health_ssl else "http"
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as response:
+                with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health", timeout=1,
+                                            context=self.health_ssl) as response:
                     if response.status == 200:
                         return self
             except OSError:
