@@ -271,7 +271,7 @@ class _Stop(Exception):
     pass
 
 
-def pack_messages(events, group: bool = True) -> list[tuple[str, bytes, int]]:
+def pack_messages(events) -> list[tuple[str, bytes, int]]:
     """PackedForward messages (tag, entries, count) for events with .tag, .time_ns, .record
     (record as msgpack bytes), grouped by tag in order of first appearance: order is kept
     within a tag."""

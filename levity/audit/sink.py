@@ -109,9 +109,10 @@ class JsonLinesSink:
 def make_sink(settings: Settings) -> AuditSink:
     """The sink the settings ask for."""
     if settings.fluentd_enabled:
-        from levity.audit.fluent import FluentLoggerSink
+        # Acknowledged, spooled delivery (levity/audit/delivery.py, docs/delivery.md).
+        from levity.audit.delivery import ForwardSink
 
-        return FluentLoggerSink(settings)
+        return ForwardSink(settings)
     if settings.audit_sink == "file":
         return JsonLinesSink.to_file(settings.audit_file)
     if settings.audit_sink == "stdout":

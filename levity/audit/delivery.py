@@ -1,0 +1,293 @@
+"""Lossless audit delivery: every event goes through the on-disk spool to Fluentd, with acks.
+
+    emit() ──► in-memory batch ──(spool thread: write, fsync for durable)──► spool segments
+                                                                               │
+    Fluentd ◄── PackedForward + chunk ◄── sender task reads from the cursor ◄──┘
+            ──► {"ack": chunk} ──► cursor advanced, acknowledged segments deleted
+
+- emit() only appends to a list on the event loop: it never blocks and never raises. The batch
+  is written within LEVITY_FLUSH_INTERVAL (0.2 s) by the single spool thread.
+- emit_durable() (transaction start/stop) returns once its event is fsynced. Durable events that
+  arrive while an fsync is running wait for the next one and share it (group commit).
+- The sender reads up to LEVITY_BATCH_SIZE events from the acknowledged cursor, sends them as
+  PackedForward messages (one per tag) and advances the cursor only when every message of the
+  batch is acknowledged. Any failure (refused, closed, no ack within FLUENTD_TIMEOUT) closes
+  the connection; the sender reconnects with capped exponential backoff and resends from the
+  cursor, in order. Delivery is at-least-once: a resent event carries the same `event_id`.
+- close(timeout) stops accepting, writes and fsyncs what is pending, sends what Fluentd
+  acknowledges before the deadline, and leaves the rest in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from levity.audit.events import AuditEvent
+from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, pack_messages
+from levity.audit.spool import Spool
+from levity.config import Settings
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 5.0
+DROP_TICK_SECONDS = 5.0
+
+
+class ForwardSink:
+    """AuditSink delivering to Fluentd through the spool (FLUENTD_ENABLED=true)."""
+
+    def __init__(self, settings: Settings, *, endpoint: Endpoint | None = None,
+                 backoff_initial: float = BACKOFF_INITIAL, backoff_max: float = BACKOFF_MAX,
+                 segment_bytes: int | None = None):
+        self.settings = settings
+        self.endpoint = endpoint or Endpoint.from_settings(settings)
+        self.spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_overflow,
+                           segment_bytes=segment_bytes)
+        self.flush_interval = settings.flush_interval
+        self.batch_size = max(1, settings.batch_size)
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._io: ThreadPoolExecutor | None = None
+        self._pending: list[AuditEvent] = []
+        self._first_pending_at = 0.0
+        self._waiters: list[asyncio.Future] = []
+        self._wake: asyncio.Event | None = None  # something is pending
+        self._urgent: asyncio.Event | None = None  # write now: durable waiter, full batch or closing
+        self._data: asyncio.Event | None = None  # the spool has new events for the sender
+        self._tasks: list[asyncio.Task] = []
+        self._flusher: asyncio.Task | None = None
+        self._sender: asyncio.Task | None = None
+        self._conn: ForwardConnection | None = None
+        self._started = False
+        self._closing = False
+        self._failing_since: float | None = None
+        self._write_failing = False
+        self._late_drops = 0
+        # counters
+        self.emitted = 0
+        self.acknowledged = 0
+        self.replayed = 0
+        self.send_failures = 0
+        self.connected = False
+        self.last_error: str | None = None  # why Fluentd is unavailable, None while delivery works
+
+    # AuditSink ---------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing and not self.spool.blocking
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-spool")
+        await loop.run_in_executor(self._io, self.spool.open)
+        self.replayed += self.spool.recovered_events
+        self._wake, self._urgent, self._data = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._data.set()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="audit-spool-writer")
+        self._sender = asyncio.create_task(self._send_loop(), name="audit-forward-sender")
+        self._tasks = [self._flusher, self._sender, asyncio.create_task(self._tick_loop(), name="audit-drop-report")]
+        self._started = True
+        log.info("audit delivery to Fluentd at %s (spool %s, bound %d bytes, overflow %s)",
+                 self.endpoint.describe(), self.settings.spool_dir, self.settings.spool_max_bytes,
+                 self.settings.spool_overflow)
+
+    def emit(self, event: AuditEvent) -> None:
+        try:
+            self.emitted += 1
+            if self._closing or not self._started:
+                self._drop_late()
+                return
+            pending = self._pending
+            pending.append(event)
+            if len(pending) == 1:
+                self._first_pending_at = time.monotonic()
+                self._wake.set()
+            elif len(pending) >= self.batch_size:
+                self._urgent.set()
+        except Exception:  # noqa: BLE001 - emit must never raise into a handler
+            log.exception("audit: emit failed")
+
+    async def emit_durable(self, event: AuditEvent) -> None:
+        self.emitted += 1
+        if self._closing or not self._started:
+            self._drop_late()
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(event)
+        self._waiters.append(future)
+        if len(self._pending) == 1:
+            self._first_pending_at = time.monotonic()
+        self._wake.set()
+        self._urgent.set()
+        await asyncio.shield(future)
+
+    def _drop_late(self) -> None:
+        self._late_drops += 1
+        if self._late_drops == 1:
+            log.warning("audit: event emitted while the sink is %s; dropped (further ones only counted)",
+                        "closing" if self._closing else "not started")
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "emitted": self.emitted,
+            "acknowledged": self.acknowledged,
+            "spooled": self.spool.depth_events + len(self._pending),
+            "spooled_bytes": self.spool.depth_bytes,
+            "replayed": self.replayed,
+            "dropped": self.spool.dropped + self._late_drops,
+            "send_failures": self.send_failures,
+            "fluentd_connected": int(self.connected),
+        }
+
+    async def close(self, timeout: float) -> None:
+        if not self._started or self._closing:
+            self._closing = True
+            return
+        self._closing = True
+        deadline = time.monotonic() + max(0.0, timeout)
+        loop = asyncio.get_running_loop()
+        self._wake.set()
+        self._urgent.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._flusher), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            log.warning("audit: the spool writer did not finish within the shutdown timeout")
+        # Let the sender deliver what Fluentd acknowledges before the deadline.
+        while self.spool.depth_events and self.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.connected = False
+        left = self.spool.depth_events
+        await loop.run_in_executor(self._io, self.spool.close)
+        self._io.shutdown(wait=True)
+        if left:
+            log.info("audit: %d event(s) not yet acknowledged stay in the spool %s and are sent at the next start",
+                     left, self.settings.spool_dir)
+
+    # Spool writer ------------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            if not self._waiters and not self._closing and len(self._pending) < self.batch_size:
+                delay = self._first_pending_at + self.flush_interval - time.monotonic()
+                if delay > 0:
+                    self._urgent.clear()
+                    try:
+                        await asyncio.wait_for(self._urgent.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+            await self._flush()
+            if self._pending:
+                self._wake.set()
+            elif self._closing:
+                return
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        waiters, self._waiters = self._waiters, []
+        fsync = bool(waiters) or self._closing
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._io, self._write, batch, fsync)
+            if self._write_failing:
+                self._write_failing = False
+                log.info("audit spool: writing works again")
+        except Exception as exc:  # noqa: BLE001 - a disk problem must not stop the loop
+            self.spool.drops.dropped(len(batch), f"spool write failed: {exc}")
+            if not self._write_failing:
+                self._write_failing = True
+                log.error("audit spool: cannot write to %s: %s", self.settings.spool_dir, exc)
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._data.set()
+
+    def _write(self, batch: list[AuditEvent], fsync: bool) -> int:
+        return self.spool.append(((e.tag, e.time_ns, e.record) for e in batch), fsync=fsync)
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(DROP_TICK_SECONDS)
+            await loop.run_in_executor(self._io, self.spool.drops.tick)
+            await loop.run_in_executor(self._io, self.spool.flush_cursor)
+
+    # Sender ------------------------------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = self.backoff_initial
+        pos = None  # None: from the acknowledged cursor
+        while True:
+            if self._conn is None or not self._conn.usable:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                    self.connected = False
+                try:
+                    self._conn = await ForwardConnection.open(self.endpoint)
+                    self.connected = True
+                except ForwardError as exc:
+                    self._failed(exc, sent=0)
+                    await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                    backoff = min(backoff * 2, self.backoff_max)
+                    continue
+            self._data.clear()
+            batch = await loop.run_in_executor(self._io, self.spool.read, pos, self.batch_size)
+            if not batch.events:
+                try:
+                    await asyncio.wait_for(self._data.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            if not self._conn.usable:  # Fluentd closed an idle connection: reconnect, nothing was lost
+                continue
+            try:
+                await self._conn.send(pack_messages(batch.events))
+            except ForwardError as exc:
+                self.send_failures += 1
+                self.replayed += len(batch.events)
+                self._conn.close()
+                self._conn = None
+                self.connected = False
+                pos = None  # resend from the cursor
+                self._failed(exc, sent=len(batch.events))
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, self.backoff_max)
+                continue
+            await loop.run_in_executor(self._io, self.spool.ack, batch.end)
+            self.acknowledged += len(batch.events)
+            pos = batch.end
+            backoff = self.backoff_initial
+            if self._failing_since is not None:
+                log.info("Fluentd at %s acknowledges events again (after %.1fs); replaying %d spooled event(s)",
+                         self.endpoint.describe(), time.monotonic() - self._failing_since, self.spool.depth_events)
+                self._failing_since = None
+                self.last_error = None
+
+    def _failed(self, exc: ForwardError, sent: int) -> None:
+        """Log a delivery failure once when it starts; it is logged again only when it clears."""
+        self.last_error = str(exc)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("Fluentd at %s unavailable: %s. Events are kept in the spool %s and sent when it is back "
+                      "(logged again when it recovers)", self.endpoint.describe(), exc, self.settings.spool_dir)
+        else:
+            log.debug("Fluentd still unavailable: %s", exc)
