@@ -216,10 +216,11 @@ class ForwardReceiver:
         self._cond = threading.Condition()
         self._events: list[ReceivedEvent] = []
         self._batches: list[ReceivedBatch] = []
-        self._conns: dict[_Conn, asyncio.Task] = {}
+        self._conns: dict[_Conn, None] = {}  # open connections, in order
+        self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._flowing: asyncio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -249,7 +250,7 @@ class ForwardReceiver:
 
     async def _shutdown(self) -> None:
         await self._listen(False)
-        tasks = list(self._conns.values())
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -343,15 +344,43 @@ class ForwardReceiver:
         self._drop_after = value
 
     async def _listen(self, listen: bool) -> None:
-        if listen and self._server is None:
-            self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                      ssl=self.ssl_context, reuse_address=True)
-            self.port = self._server.sockets[0].getsockname()[1]
-        elif not listen and self._server is not None:
-            self._server.close()
-            self._server = None
+        # Accepting by hand rather than with asyncio.start_server: a connection accepted just before
+        # the listener closes must still be served (and reset), never left hanging.
+        loop = asyncio.get_running_loop()
+        if listen and self._listener is None:
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+            self._listener = socket.create_server((self.host, self.port), family=family)
+            self._listener.setblocking(False)
+            self.port = self._listener.getsockname()[1]
+            loop.add_reader(self._listener, self._accept, self._listener)
+        elif not listen and self._listener is not None:
+            loop.remove_reader(self._listener)
+            self._listener.close()  # the kernel resets connections still in its accept queue
+            self._listener = None
             for conn in list(self._conns):  # a Fluentd that went away takes its connections along
                 conn.abort()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:  # BlockingIOError: nothing more to accept now
+                return
+            sock.setblocking(False)
+            task = asyncio.get_running_loop().create_task(self._adopt(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _adopt(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self.ssl_context)
+        except (OSError, ssl.SSLError):  # e.g. a TLS handshake the client gave up on
+            sock.close()
+            return
+        await self._serve(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     async def _set_flow(self, flowing: bool) -> None:
         if flowing:
@@ -367,7 +396,10 @@ class ForwardReceiver:
     # -- one connection --------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Conn(reader, writer)
-        self._conns[conn] = asyncio.current_task()
+        if self._listener is None:  # accepted just before `refuse` closed the listener
+            conn.abort()
+            return
+        self._conns[conn] = None
         self.connections += 1
         if not self._flowing.is_set():
             writer.transport.pause_reading()
@@ -458,9 +490,9 @@ class ForwardReceiver:
     def _ack(self, conn: _Conn, batch: ReceivedBatch) -> None:
         if not self.send_acks or conn.writer.is_closing():
             return
-        conn.writer.write(msgpack.packb({"ack": batch.chunk}))
-        with self._cond:
+        with self._cond:  # marked first: whoever reads the ack sees acked=True
             for i, b in enumerate(self._batches):
                 if b is batch:
                     self._batches[i] = replace(batch, acked=True)
                     break
+        conn.writer.write(msgpack.packb({"ack": batch.chunk}))
