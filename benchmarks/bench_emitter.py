@@ -1,0 +1,151 @@
+"""Audit delivery throughput: emit() -> spool -> Forward -> acknowledged by a local receiver.
+
+    .venv/bin/python benchmarks/bench_emitter.py [--events 200000] [--chargers 200] [--durable 20000]
+
+The receiver (tests/support/forward_receiver.py) runs in a separate process so it does not share
+the GIL with the sink. Prints numbers; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from levity.audit.delivery import ForwardSink  # noqa: E402
+from levity.audit.events import EventFactory  # noqa: E402
+from levity.config import Settings  # noqa: E402
+
+RECEIVER = """
+import sys, time
+from tests.support.forward_receiver import ForwardReceiver
+r = ForwardReceiver().start()
+print(r.port, flush=True)
+sys.stdin.read()
+"""
+
+
+class LoopLag:
+    """Largest delay of a 5 ms timer: how long the event loop was kept busy at a stretch."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._task = None
+
+    async def _run(self):
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0.005)
+            self.samples.append(time.perf_counter() - start - 0.005)
+
+    def start(self):
+        self._task = asyncio.create_task(self._run())
+
+    def stop(self) -> str:
+        self._task.cancel()
+        s = sorted(self.samples) or [0.0]
+        return f"loop lag p50 {s[len(s) // 2] * 1e3:.2f} ms, p99 {s[int(len(s) * 0.99)] * 1e3:.2f} ms, max {s[-1] * 1e3:.1f} ms"
+
+
+async def wait_acked(sink, count):
+    while sink.stats()["acknowledged"] < count:
+        await asyncio.sleep(0.005)
+
+
+async def bench(args, port: int) -> None:
+    factory = EventFactory("ocpp")
+    with tempfile.TemporaryDirectory(dir=args.spool_parent) as spool:
+        settings = Settings(fluentd_enabled=True, fluentd_host="127.0.0.1", fluentd_port=port, spool_dir=spool,
+                            batch_size=args.batch_size, flush_interval=0.2)
+        sink = ForwardSink(settings)
+        await sink.start()
+
+        # 1. emit() -> acknowledged
+        events = [factory.make("meter_values", f"CP{i % 1000}", connector_id=1, transaction_id=i, samples_count=3,
+                               measurands=["Energy.Active.Import.Register", "Voltage", "Current.Import"])
+                  for i in range(args.events)]
+        lag = LoopLag()
+        lag.start()
+        t0 = time.perf_counter()
+        emit_time = 0.0
+        for i in range(0, len(events), 1000):
+            e0 = time.perf_counter()
+            for ev in events[i:i + 1000]:
+                sink.emit(ev)
+            emit_time += time.perf_counter() - e0
+            await asyncio.sleep(0)  # a server interleaves emits with other work
+        await wait_acked(sink, args.events)
+        elapsed = time.perf_counter() - t0
+        print(f"emit() -> acknowledged: {args.events} events in {elapsed:.2f}s = {args.events / elapsed:,.0f} events/s "
+              f"(emit() itself {emit_time / args.events * 1e6:.2f} us/call); {lag.stop()}")
+
+        # 2. durable events: concurrent chargers awaiting emit_durable (one fsync shared per group)
+        base = sink.stats()["acknowledged"]
+        per = max(1, args.durable // args.chargers)
+        latencies: list[float] = []
+
+        async def charger(n):
+            for i in range(per):
+                ev = factory.make("transaction_start", f"CP{n}", connector_id=1, id_tag="T", meter_start=i,
+                                  transaction_id=i, transaction_timestamp="2024-01-15T10:00:00Z")
+                s = time.perf_counter()
+                await sink.emit_durable(ev)
+                latencies.append(time.perf_counter() - s)
+
+        lag = LoopLag()
+        lag.start()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(charger(n) for n in range(args.chargers)))
+        elapsed = time.perf_counter() - t0
+        total = per * args.chargers
+        latencies.sort()
+        print(f"emit_durable (fsync'd), {args.chargers} concurrent: {total} events in {elapsed:.2f}s = "
+              f"{total / elapsed:,.0f} events/s; latency p50 {statistics.median(latencies) * 1e3:.1f} ms, "
+              f"p99 {latencies[int(len(latencies) * 0.99)] * 1e3:.1f} ms; {lag.stop()}")
+
+        # 3. one charger at a time: one fsync per event (the floor)
+        t0 = time.perf_counter()
+        n1 = 300
+        for i in range(n1):
+            await sink.emit_durable(factory.make("transaction_stop", "CP1", transaction_id=i, meter_stop=1,
+                                                 energy_delivered=1, reason="Local",
+                                                 transaction_timestamp="2024-01-15T10:00:00Z"))
+        elapsed = time.perf_counter() - t0
+        print(f"emit_durable, 1 charger sequential: {n1 / elapsed:,.0f} events/s ({elapsed / n1 * 1e3:.2f} ms/fsync)")
+        await wait_acked(sink, base + total + n1)
+        stats = sink.stats()
+        await sink.close(10)
+        print("stats:", stats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--durable", type=int, default=20_000)
+    parser.add_argument("--chargers", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--spool-parent", default=None, help="directory to put the spool in (default: the temp dir)")
+    args = parser.parse_args()
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        port = int(receiver.stdout.readline())
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, spool under {args.spool_parent or tempfile.gettempdir()}")
+        asyncio.run(bench(args, port))
+    finally:
+        receiver.stdin.close()
+        receiver.terminate()
+        receiver.wait(10)
+
+
+if __name__ == "__main__":
+    main()
