@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +67,14 @@ def parse_targets(text: str) -> list[str]:
     return names
 
 
+def parse_cpus(text: str) -> list[int]:
+    cpus = sorted({int(x) for x in text.split(",") if x.strip()})
+    available = os.sched_getaffinity(0)
+    if not cpus or any(c not in available for c in cpus):
+        raise argparse.ArgumentTypeError(f"CPUs must be among {sorted(available)}")
+    return cpus
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -97,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--call-timeout", type=float, default=10.0, help="a call unanswered this long is a timeout")
     p.add_argument("--levity-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for the levity targets (repeatable), e.g. LEVITY_LOG_LEVEL=WARNING")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="sample each server with py-spy during the window (pip install py-spy): "
+                        "DIR/<target>-<N>.collapsed (flamegraph input) and .top.txt (hottest functions)")
+    p.add_argument("--server-cpus", type=parse_cpus, default=None, metavar="LIST",
+                   help="pin the server (and its children) to these CPUs, e.g. 0 (default: no pinning)")
+    p.add_argument("--client-cpus", type=parse_cpus, default=None, metavar="LIST",
+                   help="pin the load client processes to these CPUs, e.g. 1")
+    p.add_argument("--receiver", choices=("tests", "counting"), default=None,
+                   help="Fluentd stand-in for the levity target: tests/support/forward_receiver.py (decodes and "
+                        "keeps every event; the default when present) or benchmarks/forward_receiver.py "
+                        "(decodes and only counts)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="write a PNG: throughput and p99 against chargers")
@@ -145,12 +166,13 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         if spec.kind == "levity" and spec.audit == "fluentd":
             from benchmarks.forward_receiver import ReceiverProcess
 
-            receiver = ReceiverProcess()
+            receiver = ReceiverProcess(kind=args.receiver)
             fluentd_port = receiver.port
         elif spec.kind == "levity" and spec.audit == "down":
             fluentd_port = free_port()  # nothing listens there
         extra_env = dict(kv.split("=", 1) for kv in args.levity_env)
-        server = ServerProcess(spec, workdir, extra_env=extra_env, fluentd_port=fluentd_port).start()
+        server = ServerProcess(spec, workdir, extra_env=extra_env, fluentd_port=fluentd_port,
+                               cpus=args.server_cpus).start()
         if spec.kind == "levity":
             result["levity_env"] = server.env_used
         tree = ProcessTree(server.process.pid)
@@ -167,7 +189,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
                    "charge_points": ids[index::clients], "mix": args.mix, "tx_meter_values": args.tx_meter_values,
                    "rate": args.rate if args.mode == "open" else 0, "seed": args.seed * 1000 + index,
                    "call_timeout": args.call_timeout, "connect_timeout": args.connect_timeout,
-                   "connect_concurrency": args.connect_concurrency}
+                   "connect_concurrency": args.connect_concurrency, "cpus": args.client_cpus}
             parent_conn, child_conn = context.Pipe()
             process = context.Process(target=worker_main, args=(cfg, child_conn), daemon=True,
                                       name=f"bench-client-{index}")
@@ -204,10 +226,11 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         while time.monotonic() < measure_start:
             peak_rss = max(peak_rss, tree.rss())
             time.sleep(min(0.25, max(0.0, measure_start - time.monotonic())))
+        profiler = _start_profiler(args, server, target_name, chargers)
         cpu0 = tree.cpu_seconds()
         client_cpu0 = sum(t.cpu_seconds() for t in client_trees)
         receiver_cpu0 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
-        audit0 = receiver.snapshot()["events"] if receiver else 0
+        audit0 = receiver.snapshot(fast=True)["events"] if receiver else 0
         machine0 = psutil.cpu_times()
         t0 = time.monotonic()
         while time.monotonic() < measure_end:
@@ -218,9 +241,11 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         cpu1 = tree.cpu_seconds()
         client_cpu1 = sum(t.cpu_seconds() for t in client_trees)
         receiver_cpu1 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
-        audit1 = receiver.snapshot()["events"] if receiver else 0
+        audit1 = receiver.snapshot(fast=True)["events"] if receiver else 0
         peak_rss = max(peak_rss, tree.rss())
         metrics_window = server.metrics()
+        if profiler is not None:
+            result["profile"] = _finish_profiler(profiler)
 
         outcomes = [_recv(conn, args.call_timeout + 30, "result") for _, conn in workers]
         latencies: dict[str, list[int]] = {}
@@ -279,7 +304,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             if receiver is not None:
                 delivered = _settle(receiver, audit_stats.get("emitted"))
                 audit.update(
-                    delivered=delivered["events"], delivered_by_tag=delivered["by_tag"],
+                    receiver=args.receiver, delivered=delivered["events"], delivered_by_tag=delivered["by_tag"],
                     acks_sent=delivered["acks"], forward_connections=delivered["connections"],
                     decode_errors=delivered["decode_errors"],
                     delivered_in_window=audit1 - audit0,
@@ -302,6 +327,70 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             receiver.stop()
 
 
+def _start_profiler(args, server: ServerProcess, target: str, chargers: int):
+    if not args.profile:
+        return None
+    exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if exe is None:
+        print("warning: --profile needs py-spy (pip install py-spy): not profiling", file=sys.stderr)
+        return None
+    args.profile.mkdir(parents=True, exist_ok=True)
+    out = args.profile / f"{target}-{chargers}.collapsed"
+    command = [exe, "record", "--pid", str(server.process.pid), "--duration", str(max(1, int(args.duration))),
+               "--rate", "100", "--format", "raw", "--nonblocking", "--subprocesses", "--output", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
+
+
+def _finish_profiler(profiler) -> str | None:
+    process, out = profiler
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    if not out.exists():
+        return None
+    top = out.with_suffix(".top.txt")
+    top.write_text(profile_summary(out.read_text()))
+    return str(top)
+
+
+def _frame_name(frame: str) -> tuple[str, str]:
+    """py-spy's 'func (path/to/file.py:12)' as ('func (file.py)', 'func (file.py:12)')."""
+    function, _, where = frame.partition(" (")
+    if not where:
+        return frame, frame
+    where = where.rstrip(")").rsplit("/", 1)[-1]
+    file, _, line = where.rpartition(":")
+    if not file:
+        file, line = where, ""
+    return f"{function} ({file})", f"{function} ({file}:{line})" if line else f"{function} ({file})"
+
+
+def profile_summary(collapsed: str, lines: int = 40) -> str:
+    """The hottest functions of py-spy's collapsed stacks: inclusive and self share of samples."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame_name(f) for f in stack.split(";")]
+        for name in dict.fromkeys(function for function, _ in frames):
+            inclusive[name] = inclusive.get(name, 0) + n
+        own[frames[-1][1]] = own.get(frames[-1][1], 0) + n
+    if not total:
+        return "no samples\n"
+    out = [f"{total} samples", "", "inclusive (function, any line):"]
+    out += [f"{v / total * 100:6.1f}%  {k}" for k, v in sorted(inclusive.items(), key=lambda kv: -kv[1])[:lines]]
+    out += ["", "self (function:line):"]
+    out += [f"{v / total * 100:6.1f}%  {k}" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:lines]]
+    return "\n".join(out) + "\n"
+
+
 def _busy_percent(before, after) -> float:
     """Share of all CPUs that was busy (user, system, softirq...: not idle or iowait), in %."""
     total = sum(after) - sum(before)
@@ -312,11 +401,11 @@ def _busy_percent(before, after) -> float:
 def _settle(receiver, emitted: float | None, timeout: float = 15.0) -> dict:
     """The receiver's counts once events stop arriving (or all emitted ones are in)."""
     deadline = time.monotonic() + timeout
-    last = receiver.snapshot()
+    last = receiver.snapshot(fast=True)
     stable_since = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        snap = receiver.snapshot()
+        snap = receiver.snapshot(fast=True)
         if emitted is not None and snap["events"] >= emitted:
             return snap
         if snap["events"] != last["events"]:
@@ -348,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
         if "=" not in kv:
             raise SystemExit(f"--levity-env {kv!r}: expected KEY=VALUE")
 
+    if args.receiver is None:
+        from benchmarks.forward_receiver import tests_receiver_available
+
+        args.receiver = "tests" if tests_receiver_available() else "counting"
     soft, hard = ulimit_nofile()
     needed = max(args.chargers) + 256
     limits = {"nofile_soft": soft, "nofile_hard": hard, "ephemeral_ports": ephemeral_ports()}
@@ -362,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                       "connections_only": args.connections_only,
                       "heartbeat_interval": args.heartbeat_interval if args.connections_only else None,
                       "clients": args.clients or multiprocessing.cpu_count(), "seed": args.seed,
-                      "levity_env": args.levity_env},
+                      "levity_env": args.levity_env, "receiver": args.receiver, "server_cpus": args.server_cpus,
+                      "client_cpus": args.client_cpus},
            "results": []}
     workdir = Path(tempfile.mkdtemp(prefix="levity-bench-"))
     try:

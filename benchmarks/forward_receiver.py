@@ -90,7 +90,10 @@ def _count_stream(entries: bytes) -> int:
 
 # Running in a child process ----------------------------------------------------------------
 
-def _child(conn, host: str) -> None:
+def _child(conn, host: str, kind: str = "counting") -> None:
+    if kind == "tests":
+        return _child_tests(conn, host)
+
     async def main():
         receiver = await CountingForwardReceiver(host).start()
         conn.send(receiver.port)
@@ -109,14 +112,52 @@ def _child(conn, host: str) -> None:
         pass
 
 
-class ReceiverProcess:
-    """CountingForwardReceiver in a child process: .port, .snapshot(), .stop()."""
+def _child_tests(conn, host: str) -> None:
+    """The test suite's full Forward receiver (tests/support/forward_receiver.py): it decodes and
+    keeps every event; a cross-check of the counting receiver, at a higher CPU cost."""
+    from tests.support.forward_receiver import ForwardReceiver
 
-    def __init__(self, host: str = "127.0.0.1"):
+    receiver = ForwardReceiver(host).start()
+    conn.send(receiver.port)
+
+    def snapshot() -> dict:
+        events = receiver.events
+        by_tag = Counter(event.tag for event in events)
+        batches = receiver.batches
+        return {"events": len(events), "by_tag": dict(by_tag), "acks": sum(1 for b in batches if b.acked),
+                "connections": None, "decode_errors": 0}
+
+    try:
+        while True:
+            command = conn.recv()
+            if command == "stop":
+                result = snapshot()
+                receiver.stop()
+                conn.send(result)
+                return
+            conn.send({"events": len(receiver.events)} if command == "count-fast" else snapshot())
+    except (EOFError, KeyboardInterrupt):
+        receiver.stop()
+
+
+def tests_receiver_available() -> bool:
+    try:
+        import tests.support.forward_receiver  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ReceiverProcess:
+    """A Forward receiver in a child process: .port, .snapshot(), .stop().
+
+    kind "counting": CountingForwardReceiver (counts only); "tests": the suite's ForwardReceiver."""
+
+    def __init__(self, host: str = "127.0.0.1", kind: str = "counting"):
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._lock = threading.Lock()
-        self.process = context.Process(target=_child, args=(child_conn, host), daemon=True,
+        self.process = context.Process(target=_child, args=(child_conn, host, kind), daemon=True,
                                        name="bench-forward-receiver")
         self.process.start()
         if not self._conn.poll(30):
@@ -125,9 +166,10 @@ class ReceiverProcess:
         self.port: int = self._conn.recv()
         self.pid = self.process.pid
 
-    def snapshot(self) -> dict:
+    def snapshot(self, fast: bool = False) -> dict:
+        """Counts so far; fast: just {"events": n}."""
         with self._lock:
-            self._conn.send("count")
+            self._conn.send("count-fast" if fast else "count")
             return self._conn.recv()
 
     def stop(self) -> dict:

@@ -397,6 +397,8 @@ class Worker:
 
 
 def worker_main(cfg: dict, conn) -> None:
+    if cfg.get("cpus"):
+        os.sched_setaffinity(0, cfg["cpus"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -86,6 +86,7 @@ def table(run: dict) -> str:
                 parts.append(f"p99 {row['target']}/plain-ocpp = {row['p99_vs_plain-ocpp']:.2f}")
             if parts:
                 lines.append(f"  {row['charge_points']:>6} CPs: " + "; ".join(parts))
+    lines.append("")
     for r in _ok(results):
         extra = []
         if r.get("errors"):

@@ -54,6 +54,7 @@ class ServerProcess:
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     fluentd_port: int | None = None
+    cpus: list[int] | None = None
     port: int = 0
     process: subprocess.Popen | None = None
     env_used: dict[str, str] = field(default_factory=dict)
@@ -79,9 +80,12 @@ class ServerProcess:
         command, env = self.command_and_env()
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.log_path = self.workdir / f"{self.spec.name}.log"
+        cpus = self.cpus
         with open(self.log_path, "ab") as log:
+            # Pinned before exec: worker processes the server forks inherit the CPU set.
             self.process = subprocess.Popen(command, cwd=self.workdir, env=env, stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT,
+                                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
