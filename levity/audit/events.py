@@ -107,7 +107,7 @@ def iso_utc(time_ns: int) -> str:
 
 class _EventIds:
     """Unique event ids without a uuid4 per event: 64 random bits per process start plus a
-    counter, 32 hex characters like a uuid."""
+    counter, 32 hex characters like a uuid. Within one process they sort in emission order."""
 
     def __init__(self) -> None:
         self._prefix = os.urandom(8).hex()

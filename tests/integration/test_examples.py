@@ -34,7 +34,7 @@ async def test_server_with_fluentd_example_sends_events_to_fluentd(tmp_path):
                     assert time.monotonic() < deadline and process.poll() is None, "example did not start"
                     time.sleep(0.1)
             assert answer[2]["status"] == "Accepted"
-            events = await receiver.wait_for_async(3)
+            events = sorted(await receiver.wait_for_async(3), key=lambda e: e.record["event_id"])
             assert [e.record["event_type"] for e in events[:3]] == [
                 "websocket_connect", "boot_notification", "websocket_disconnect"]
         finally:
