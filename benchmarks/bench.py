@@ -407,7 +407,7 @@ def _settle(receiver, emitted: float | None, timeout: float = 15.0) -> dict:
         time.sleep(0.2)
         snap = receiver.snapshot(fast=True)
         if emitted is not None and snap["events"] >= emitted:
-            return snap
+            break
         if snap["events"] != last["events"]:
             last, stable_since = snap, time.monotonic()
         elif time.monotonic() - stable_since > 1.5:
