@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin the server (and its children) to these CPUs, e.g. 0 (default: no pinning)")
     p.add_argument("--client-cpus", type=parse_cpus, default=None, metavar="LIST",
                    help="pin the load client processes to these CPUs, e.g. 1")
-    p.add_argument("--receiver", choices=("tests", "counting"), default=None,
-                   help="Fluentd stand-in for the levity target: tests/support/forward_receiver.py (decodes and "
-                        "keeps every event; the default when present) or benchmarks/forward_receiver.py "
-                        "(decodes and only counts)")
+    p.add_argument("--receiver", choices=("counting", "tests"), default="counting",
+                   help="Fluentd stand-in for the levity target: benchmarks/forward_receiver.py (decodes and "
+                        "counts; keeps up with Levity) or the suite's tests/support/forward_receiver.py (decodes "
+                        "and keeps every event: a cross-check, but under load it falls behind and Levity spools)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="write a PNG: throughput and p99 against chargers")
@@ -437,10 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         if "=" not in kv:
             raise SystemExit(f"--levity-env {kv!r}: expected KEY=VALUE")
 
-    if args.receiver is None:
+    if args.receiver == "tests":
         from benchmarks.forward_receiver import tests_receiver_available
 
-        args.receiver = "tests" if tests_receiver_available() else "counting"
+        if not tests_receiver_available():
+            raise SystemExit("--receiver tests: tests/support/forward_receiver.py is not importable")
     soft, hard = ulimit_nofile()
     needed = max(args.chargers) + 256
     limits = {"nofile_soft": soft, "nofile_hard": hard, "ephemeral_ports": ephemeral_ports()}
