@@ -308,6 +308,9 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
                     acks_sent=delivered["acks"], forward_connections=delivered["connections"],
                     decode_errors=delivered["decode_errors"],
                     delivered_in_window=audit1 - audit0,
+                    # Emitted but not yet at the receiver when the window closed (spooled, in flight).
+                    backlog_at_window_end=(int(metrics_window["levity_audit_emitted"]) - audit1
+                                           if "levity_audit_emitted" in metrics_window else None),
                     delivered_per_second=round((audit1 - audit0) / elapsed, 1),
                     receiver_cpu_percent=round((receiver_cpu1 - receiver_cpu0) / elapsed * 100, 1))
             else:

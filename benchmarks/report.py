@@ -98,6 +98,7 @@ def table(run: dict) -> str:
         audit = r.get("audit")
         if audit and "delivered_per_second" in audit:
             extra.append(f"audit: {audit['delivered']} delivered, {audit['delivered_per_second']:.0f}/s in the window, "
+                         f"{audit.get('backlog_at_window_end')} behind when it closed, "
                          f"sink {audit.get('sink_stats')}")
         elif audit:
             extra.append(f"audit sink {audit.get('sink_stats')}")
