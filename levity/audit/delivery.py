@@ -10,7 +10,8 @@
 - emit_durable() (transaction start/stop) returns once its event is fsynced. Durable events that
   arrive while an fsync is running wait for the next one and share it (group commit).
 - The sender reads up to LEVITY_BATCH_SIZE events from the acknowledged cursor, sends them as
-  PackedForward messages (one per tag) and advances the cursor only when every message of the
+  PackedForward messages (one per run of consecutive events with the same tag, so the
+  emission order is kept across tags) and advances the cursor only when every message of the
   batch is acknowledged. Any failure (refused, closed, no ack within FLUENTD_TIMEOUT) closes
   the connection; the sender reconnects with capped exponential backoff and resends from the
   cursor, in order. Delivery is at-least-once: a resent event carries the same `event_id`.

@@ -273,9 +273,18 @@ class _Stop(Exception):
 
 def pack_messages(events) -> list[tuple[str, bytes, int]]:
     """PackedForward messages (tag, entries, count) for events with .tag, .time_ns, .record
-    (record as msgpack bytes), grouped by tag in order of first appearance: order is kept
-    within a tag."""
-    groups: dict[str, list[bytes]] = {}
+    (record as msgpack bytes). A PackedForward message has one tag, so each run of consecutive
+    events with the same tag becomes one message: the messages, sent in order on one connection,
+    keep the exact emission order across tags."""
+    messages: list[tuple[str, bytes, int]] = []
+    tag = None
+    entries: list[bytes] = []
     for ev in events:
-        groups.setdefault(ev.tag, []).append(pack_entry(ev.time_ns, ev.record))
-    return [(tag, b"".join(entries), len(entries)) for tag, entries in groups.items()]
+        if ev.tag != tag:
+            if entries:
+                messages.append((tag, b"".join(entries), len(entries)))
+            tag, entries = ev.tag, []
+        entries.append(pack_entry(ev.time_ns, ev.record))
+    if entries:
+        messages.append((tag, b"".join(entries), len(entries)))
+    return messages

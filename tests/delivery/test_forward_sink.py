@@ -256,3 +256,15 @@ async def test_drop_oldest_counts_what_it_drops(receiver, settings_for, factory)
         sent = [ev.record["event_id"] for ev in events if ev.tag == tag]
         kept = [i for i in sent if i in received]
         assert kept == sent[len(sent) - len(kept):]
+
+
+async def test_order_is_kept_across_tags(receiver, settings_for, factory):
+    sink = await started(settings_for(receiver))
+    events = [factory.make("heartbeat", "CP1") if i % 3 else factory.make("websocket_connect", "CP1",
+                                                                          remote_address="127.0.0.1:1")
+              for i in range(300)]
+    for ev in events:
+        sink.emit(ev)
+    await wait_until(lambda: sink.stats()["acknowledged"] >= 300, what="acks")
+    await sink.close(5)
+    assert [ev.record["event_id"] for ev in receiver.events] == [ev.record["event_id"] for ev in events]
