@@ -227,12 +227,29 @@ class ForwardSink:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(DROP_TICK_SECONDS)
-            await loop.run_in_executor(self._io, self.spool.drops.tick)
-            await loop.run_in_executor(self._io, self.spool.flush_cursor)
+            try:
+                await loop.run_in_executor(self._io, self.spool.drops.tick)
+                await loop.run_in_executor(self._io, self.spool.flush_cursor)
+            except OSError as exc:
+                log.warning("audit spool: cannot write the cursor: %s", exc)
 
     # Sender ------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
+        while True:
+            try:
+                await self._send_until_error()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bug or a disk error must not end delivery for good
+                log.exception("audit sender: unexpected error; restarting from the acknowledged cursor in 1s")
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                self.connected = False
+                await asyncio.sleep(1.0)
+
+    async def _send_until_error(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = self.backoff_initial
         pos = None  # None: from the acknowledged cursor
