@@ -70,7 +70,8 @@ def table(run: dict) -> str:
     lines.append("KB/conn: (RSS with the chargers idle - RSS at start) / connected; ")
     lines.append("audit: events the Fluentd Forward receiver got (levity with audit on); "
                  "cliCPU%: all load client processes, % of one core")
-    rows = run.get("ratios") or []
+    # At a fixed offered rate (connections only), calls/s ratios only say "kept up": left out.
+    rows = [] if cfg.get("connections_only") else run.get("ratios") or []
     if rows:
         lines.append("")
         lines.append("Ratios (the figures that count: the machine is noisy)")
