@@ -1,0 +1,147 @@
+"""The Ansible deployment (roles/, inventories/, playbooks/): lint, syntax, vault, role layout.
+
+Every command runs from the venv that runs pytest (its bin directory first on PATH), the way
+`make test` installs the `deploy` extra. The molecule scenarios are in test_ansible_molecule.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.deploy
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+INVENTORIES = ["dev", "staging", "production"]
+PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
+ROLES = ["levity", "fluentd", "elasticsearch", "kibana"]
+TEST_VAULT_PASSWORD = Path(__file__).with_name("vault-password.test-only")
+
+
+def tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "PY_COLORS": "0", "NO_COLOR": "1",
+                "ANSIBLE_DEPRECATION_WARNINGS": "0"})
+    return env
+
+
+def run(*cmd: str, cwd: Path = ROOT, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a venv tool; on failure the test fails showing the command's output."""
+    if shutil.which(cmd[0], path=tool_env()["PATH"]) is None:
+        pytest.fail(f"{cmd[0]} is not installed: pip install -e '.[deploy]' (make test does)")
+    result = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        output = (result.stdout + "\n" + result.stderr).strip()
+        pytest.fail(f"{' '.join(cmd)} exited {result.returncode}:\n{output[-12000:]}", pytrace=False)
+    return result
+
+
+def test_yamllint_passes():
+    run("yamllint", "--strict", ".")
+
+
+def test_ansible_lint_passes_with_the_production_profile():
+    config = yaml.safe_load((ROOT / ".config" / "ansible-lint.yml").read_text())
+    assert config["profile"] == "production"
+    result = run("ansible-lint", "--offline", timeout=600)
+    assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_syntax_check(inventory, playbook):
+    run("ansible-playbook", "-i", f"inventories/{inventory}", "--syntax-check", f"playbooks/{playbook}")
+
+
+def test_site_imports_every_part():
+    site = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
+    assert {play["ansible.builtin.import_playbook"] for play in site} == {
+        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml"}
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_each_inventory_names_its_fluentd_profile(inventory):
+    main = yaml.safe_load((ROOT / "inventories" / inventory / "group_vars" / "all" / "main.yml").read_text())
+    assert main["fluentd_profile"] == inventory
+    assert (ROOT / "profiles" / f"{inventory}.yaml").is_file()
+
+
+@pytest.mark.parametrize("inventory", ["staging", "production"])
+def test_vault_example_covers_the_secrets_and_decrypts(inventory, tmp_path):
+    """Encrypt the documented example with a test-only password; the secrets then resolve."""
+    source = ROOT / "inventories" / inventory
+    secrets = (source / "group_vars" / "all" / "secrets.yml").read_text()
+    example = yaml.safe_load((source / "group_vars" / "all" / "vault.yml.example").read_text())
+    assert set(re.findall(r"\bvault_\w+", secrets)) <= set(example), "secrets.yml uses a vault_ variable the example lacks"
+    assert not (source / "group_vars" / "all" / "vault.yml").exists() or \
+        (source / "group_vars" / "all" / "vault.yml").read_text().startswith("$ANSIBLE_VAULT"), "a plain vault.yml"
+
+    copy = tmp_path / inventory
+    shutil.copytree(source, copy)
+    vault = copy / "group_vars" / "all" / "vault.yml"
+    shutil.copy(copy / "group_vars" / "all" / "vault.yml.example", vault)
+    run("ansible-vault", "encrypt", "--vault-password-file", str(TEST_VAULT_PASSWORD), str(vault))
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
+    host = next(iter(yaml.safe_load((copy / "hosts.yml").read_text())["all"]["children"]["fluentd"]["hosts"]))
+    result = run("ansible", host, "-i", str(copy), "--vault-password-file", str(TEST_VAULT_PASSWORD),
+                 "-m", "ansible.builtin.debug", "-a", "var=fluentd_secret_environment.FLUENTD_SHARED_KEY")
+    assert "CHANGE-ME-long-random-string" in result.stdout
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_layout(role):
+    """prometheus-community layout: defaults, typed argument specs, split tasks, handlers, managed templates."""
+    path = ROOT / "roles" / role
+    for part in ["defaults/main.yml", "meta/main.yml", "meta/argument_specs.yml", "handlers/main.yml",
+                 "tasks/main.yml", "tasks/preflight.yml", "tasks/install.yml", "tasks/configure.yml"]:
+        assert (path / part).is_file(), f"roles/{role}/{part} is missing"
+    defaults = yaml.safe_load((path / "defaults" / "main.yml").read_text())
+    options = yaml.safe_load((path / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert set(defaults) == set(options), f"defaults without a spec: {set(defaults) - set(options)}; " \
+                                          f"specs without a default: {set(options) - set(defaults)}"
+    for name, spec in options.items():
+        assert spec.get("type") and spec.get("description"), f"{role}: {name} needs a type and a description"
+    templates = list((path / "templates").glob("*.j2"))
+    assert templates
+    for template in templates:
+        assert template.read_text().startswith("{{ ansible_managed | comment"), f"{template} lacks the ansible_managed header"
+
+
+def test_no_copy_of_the_shared_files_in_the_roles():
+    """share/ and the Fluentd templates exist once: the roles read them where they are."""
+    shared = {p.read_bytes() for top in ("share", "templates") for p in (ROOT / top).rglob("*") if p.is_file()}
+    shared_names = {p.name for top in ("share", "templates") for p in (ROOT / top).rglob("*") if p.is_file()}
+    for path in (ROOT / "roles").rglob("*"):
+        if path.is_file():
+            assert path.name not in shared_names and path.read_bytes() not in shared, f"{path} copies a shared file"
+
+
+def test_filter_renders_exactly_what_the_generator_renders():
+    sys.path.insert(0, str(ROOT / "roles" / "fluentd" / "filter_plugins"))
+    try:
+        import levity_fluentd
+    finally:
+        sys.path.pop(0)
+    from levity.fluentconf import render_file
+
+    for name in INVENTORIES:
+        assert levity_fluentd.levity_fluentd_render(name) == render_file(ROOT / "profiles" / f"{name}.yaml")
+        info = levity_fluentd.levity_fluentd_profile_info(name)
+        assert info["problems"] == []
+    production = levity_fluentd.levity_fluentd_profile_info("production")
+    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-s3"]
+    assert "FLUENTD_SHARED_KEY" in production["environment"]
+    assert "/etc/fluent/tls/fluentd.key" in production["files"]
+    from ansible.errors import AnsibleFilterError
+
+    with pytest.raises(AnsibleFilterError, match="no profile file"):
+        levity_fluentd.levity_fluentd_render("no-such-profile")
