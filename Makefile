@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/levity: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,deploy]'
+	$(BIN)/pip install --quiet -e '.[test,deploy,bench]'
 	touch $@
 
 serve: $(BIN)/levity
@@ -23,6 +23,11 @@ test: $(BIN)/levity
 
 test-fast: $(BIN)/levity
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra -m "not deploy"
+
+# The load benchmark (docs/benchmark.md): levity vs a plain ocpp-library server vs a
+# websockets echo server, same client; prints a table, writes bench.json and bench.png.
+bench: $(BIN)/levity
+	$(BIN)/python -m benchmarks.bench --json bench.json --plot bench.png $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info levity.db levity-spool levity-audit.jsonl
