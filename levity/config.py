@@ -143,7 +143,7 @@ class Settings:
     flush_interval: float = opt("LEVITY_FLUSH_INTERVAL", 0.2,
                                 "longest wait (s) before a batch of non-transaction events is written",
                                 parse=_positive_float)
-    batch_size: int = opt("LEVITY_BATCH_SIZE", 500, "most events per Forward batch", parse=int)
+    batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=int)
 
     def secret(self, name: str) -> bytes | None:
         """The value of a secret setting, from its variable or its *_file companion."""

@@ -125,7 +125,7 @@ def check_spool(settings: Settings, report: Report) -> None:
 # Fluentd -----------------------------------------------------------------------------------
 
 async def check_fluentd(settings: Settings, shared_key: bytes | None, report: Report) -> None:
-    from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, HandshakeError, pack_messages
+    from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, HandshakeError, encode_batch
     from levity.audit.spool import SpooledEvent
 
     try:
@@ -155,7 +155,7 @@ async def check_fluentd(settings: Settings, shared_key: bytes | None, report: Re
     tag = f"{settings.tag_prefix}.doctor"
     started = time.monotonic()
     try:
-        await conn.send(pack_messages([SpooledEvent(tag, now, msgpack.packb(record))]))
+        await conn.send(*encode_batch([SpooledEvent(tag, now, msgpack.packb(record))]))
     except HandshakeError as exc:
         report.add("fluentd acknowledges", FAIL, str(exc))
     except ForwardError as exc:

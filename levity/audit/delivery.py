@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from levity.audit.events import AuditEvent
-from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, pack_messages
+from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch
 from levity.audit.spool import Spool
 from levity.config import Settings
 
@@ -253,6 +253,7 @@ class ForwardSink:
         loop = asyncio.get_running_loop()
         backoff = self.backoff_initial
         pos = None  # None: from the acknowledged cursor
+        acked = None  # end of a batch Fluentd acknowledged, for the spool (in the next read's hop)
         while True:
             if self._conn is None or not self._conn.usable:
                 if self._conn is not None:
@@ -268,7 +269,8 @@ class ForwardSink:
                     backoff = min(backoff * 2, self.backoff_max)
                     continue
             self._data.clear()
-            batch = await loop.run_in_executor(self._io, self.spool.read, pos, self.batch_size)
+            batch, data, chunk = await loop.run_in_executor(self._io, self._read_encoded, acked, pos)
+            acked = None
             if not batch.events:
                 try:
                     await asyncio.wait_for(self._data.wait(), 1.0)
@@ -278,7 +280,7 @@ class ForwardSink:
             if not self._conn.usable:  # Fluentd closed an idle connection: reconnect, nothing was lost
                 continue
             try:
-                await self._conn.send(pack_messages(batch.events))
+                await self._conn.send(data, chunk)
             except ForwardError as exc:
                 self.send_failures += 1
                 self.replayed += len(batch.events)
@@ -290,15 +292,24 @@ class ForwardSink:
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
-            await loop.run_in_executor(self._io, self.spool.ack, batch.end)
             self.acknowledged += len(batch.events)
-            pos = batch.end
+            pos = acked = batch.end
             backoff = self.backoff_initial
             if self._failing_since is not None:
                 log.info("Fluentd at %s acknowledges events again (after %.1fs); replaying %d spooled event(s)",
                          self.endpoint.describe(), time.monotonic() - self._failing_since, self.spool.depth_events)
                 self._failing_since = None
                 self.last_error = None
+
+    def _read_encoded(self, acked, pos):
+        """On the I/O thread, in one hop (under load every await of the event loop is a long one):
+        move the spool's cursor past an acknowledged batch, read the next batch and encode it
+        (off the event loop, which serves the chargers)."""
+        if acked is not None:
+            self.spool.ack(acked)
+        batch = self.spool.read(pos, self.batch_size)
+        data, chunk = encode_batch(batch.events) if batch.events else (b"", "")
+        return batch, data, chunk
 
     def _failed(self, exc: ForwardError, sent: int) -> None:
         """Log a delivery failure once when it starts; it is logged again only when it clears."""

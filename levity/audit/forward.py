@@ -9,7 +9,7 @@ Specification v1"):
   concatenated msgpack of ``[EventTime, record]`` pairs; EventTime is msgpack ext type 0
   (seconds and nanoseconds, two big-endian uint32).
 - ``chunk`` asks the server for ``{"ack": id}`` once it has the events; the id is the base64 of
-  16 random bytes, unique per message.
+  16 random bytes, unique per batch (it is on the batch's last message, see encode_batch).
 - The optional handshake for a shared key: the server sends ``["HELO", {nonce, auth,
   keepalive}]``, the client ``["PING", self_hostname, salt, sha512_hex(salt + self_hostname +
   nonce + shared_key), username, password_digest]``, the server ``["PONG", ok, reason,
@@ -225,23 +225,18 @@ class ForwardConnection:
                 future.set_exception(self._error)
         self._pending.clear()
 
-    async def send(self, messages: list[tuple[str, bytes, int]]) -> None:
-        """Send PackedForward messages (tag, entries, count) and wait until each is acknowledged.
-        Raises ForwardError when any is not acknowledged within the timeout; the connection is then
-        unusable (close it and resend on a new one)."""
+    async def send(self, data: bytes, chunk: str) -> None:
+        """Send encoded PackedForward messages (see encode_batch) and wait for the ack of `chunk`,
+        the option of the last one. Raises ForwardError when it does not come within the timeout;
+        the connection is then unusable (close it and resend on a new one)."""
         if self._error is not None:
             raise self._error
-        loop = asyncio.get_running_loop()
-        futures = []
-        for tag, entries, count in messages:
-            chunk = new_chunk_id()
-            future = loop.create_future()
-            self._pending[chunk] = future
-            futures.append(future)
-            self._writer.write(msgpack.packb([tag, entries, {"size": count, "chunk": chunk}], use_bin_type=True))
+        future = asyncio.get_running_loop().create_future()
+        self._pending[chunk] = future
+        self._writer.write(data)
         try:
             await asyncio.wait_for(self._writer.drain(), self.endpoint.timeout)
-            await asyncio.wait_for(asyncio.gather(*futures), self.endpoint.timeout)
+            await asyncio.wait_for(future, self.endpoint.timeout)
         except asyncio.TimeoutError:
             self._fail(ForwardError(f"no ack from {self.endpoint.describe()} within {self.endpoint.timeout:g}s"))
             raise self._error from None
@@ -249,9 +244,9 @@ class ForwardConnection:
             self._fail(ForwardError(f"connection to {self.endpoint.describe()} failed: {exc}"))
             raise self._error from None
         finally:
-            for future in futures:  # retrieve exceptions nobody else will look at
-                if future.done() and not future.cancelled():
-                    future.exception()
+            self._pending.pop(chunk, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: nobody else looks at it
 
     @property
     def usable(self) -> bool:
@@ -271,20 +266,24 @@ class _Stop(Exception):
     pass
 
 
-def pack_messages(events) -> list[tuple[str, bytes, int]]:
-    """PackedForward messages (tag, entries, count) for events with .tag, .time_ns, .record
-    (record as msgpack bytes). A PackedForward message has one tag, so each run of consecutive
-    events with the same tag becomes one message: the messages, sent in order on one connection,
-    keep the exact emission order across tags."""
-    messages: list[tuple[str, bytes, int]] = []
-    tag = None
-    entries: list[bytes] = []
+def encode_batch(events) -> tuple[bytes, str]:
+    """The wire bytes of a batch of events with .tag, .time_ns, .record (record as msgpack
+    bytes), and the chunk id whose ack confirms all of them.
+
+    A PackedForward message has one tag, so each run of consecutive events with the same tag is
+    one message: sent in order on one connection, they keep the exact emission order across
+    tags. Only the last message carries the `chunk` option: Fluentd's in_forward handles the
+    messages of a connection one after the other and answers an ack after the events of its
+    message were emitted, so that one ack covers the whole batch (one ack instead of one per
+    run, which under a mixed load is one per two events)."""
+    chunk = new_chunk_id()
+    messages: list[bytes] = []
+    runs: list[tuple[str, list[bytes]]] = []
     for ev in events:
-        if ev.tag != tag:
-            if entries:
-                messages.append((tag, b"".join(entries), len(entries)))
-            tag, entries = ev.tag, []
-        entries.append(pack_entry(ev.time_ns, ev.record))
-    if entries:
-        messages.append((tag, b"".join(entries), len(entries)))
-    return messages
+        if not runs or runs[-1][0] != ev.tag:
+            runs.append((ev.tag, []))
+        runs[-1][1].append(pack_entry(ev.time_ns, ev.record))
+    for i, (tag, entries) in enumerate(runs):
+        option = {"size": len(entries), "chunk": chunk} if i == len(runs) - 1 else {"size": len(entries)}
+        messages.append(msgpack.packb([tag, b"".join(entries), option], use_bin_type=True))
+    return b"".join(messages), chunk
