@@ -20,17 +20,26 @@ def _resolve(spec: str):
         return None
 
 
-def _render(args: argparse.Namespace) -> int:
-    from levity.fluentconf import ProfileError, load_profile, render, write_atomic
+def _rendered(spec: str) -> tuple[str | None, int]:
+    """The fluent.conf text of a profile, or None and the exit code after printing why not."""
+    from levity.fluentconf import ProfileError, load_profile, render
 
-    path = _resolve(args.profile)
+    path = _resolve(spec)
     if path is None:
-        return 2
+        return None, 2
     try:
-        text = render(load_profile(path))
+        return render(load_profile(path)), 0
     except ProfileError as exc:
         print(f"levity fluentd: invalid profile:\n{exc}", file=sys.stderr)
-        return 1
+        return None, 1
+
+
+def _render(args: argparse.Namespace) -> int:
+    from levity.fluentconf import write_atomic
+
+    text, code = _rendered(args.profile)
+    if text is None:
+        return code
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -43,17 +52,11 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from levity.fluentconf import ProfileError, load_profile, render
     from levity.fluentconf.lint import lint
 
-    path = _resolve(args.profile)
-    if path is None:
-        return 2
-    try:
-        text = render(load_profile(path))
-    except ProfileError as exc:
-        print(f"levity fluentd: invalid profile:\n{exc}", file=sys.stderr)
-        return 1
+    text, code = _rendered(args.profile)
+    if text is None:
+        return code
     issues = lint(text)
     if issues:
         print("levity fluentd: the rendered config fails the structural check:", file=sys.stderr)

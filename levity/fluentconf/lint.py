@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from levity.fluentconf.units import duration_seconds, has_tag_placeholder, has_time_placeholder, time_granularity
+from levity.fluentconf.units import (duration_seconds, has_tag_placeholder, has_time_placeholder, tag_pattern_covers,
+                                     time_granularity)
 
 
 @dataclass(frozen=True)
@@ -426,20 +427,12 @@ def _seconds(text: str) -> int | None:
         return None
 
 
-def _covers(general: str, specific: str) -> bool:
-    if general == specific or general == "**":
-        return True
-    if general.endswith(".**") and " " not in general + specific and "{" not in general + specific:
-        stem = general[:-3]
-        return specific == stem or specific.startswith(stem + ".")
-    return False
-
 
 def _check_matches(sections: list[Section], where: str, issues: list[LintIssue]) -> None:
     matches = [section for section in sections if section.name == "match"]
     for i, later in enumerate(matches):
         for earlier in matches[:i]:
-            if _covers(earlier.arg, later.arg):
+            if tag_pattern_covers(earlier.arg, later.arg):
                 issues.append(LintIssue(later.line, f"<match {later.arg}> {where} never matches: "
                                                     f"<match {earlier.arg}> on line {earlier.line} comes first"))
                 break

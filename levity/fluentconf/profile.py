@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from levity.fluentconf import schema
-from levity.fluentconf.units import (duration_seconds, has_tag_placeholder, has_time_placeholder,
+from levity.fluentconf.units import (duration_seconds, has_tag_placeholder, has_time_placeholder, tag_pattern_covers,
                                      time_granularity)
 from levity.resources import resource_dir
 
@@ -328,15 +328,6 @@ def _translate(exc: ValidationError, label: str, prefix: list, model: type[BaseM
 
 # -------------------------------------------------------------------------------- semantic checks
 
-def _covers(general: str, specific: str) -> bool:
-    """True when every tag matched by `specific` is also matched by `general` (simple cases)."""
-    if general == specific or general == "**":
-        return True
-    if general.endswith(".**") and " " not in general + specific and "{" not in general + specific:
-        stem = general[:-3]
-        return specific == stem or specific.startswith(stem + ".")
-    return False
-
 
 def _check(profile: Profile, raw: dict, label: str) -> None:
     problems: list[ProfileError] = []
@@ -367,7 +358,7 @@ def _check(profile: Profile, raw: dict, label: str) -> None:
                 problem(f"routes[{r}].outputs[{k}]", repr(name),
                         "the name of a defined output (" + ", ".join(sorted(names)) + ")")
         for earlier in range(r):
-            if _covers(routes[earlier].match, route.match):
+            if tag_pattern_covers(routes[earlier].match, route.match):
                 problem(f"routes[{r}].match",
                         f"{route.match!r}, already caught by routes[{earlier}] ({routes[earlier].match!r})",
                         "specific patterns before general ones: the first matching <match> wins")

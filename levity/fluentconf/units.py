@@ -123,3 +123,13 @@ def integer_at_least_regexp(threshold: int) -> str:
     alternatives.append(digits)  # the threshold itself
     alternatives.append(f"[1-9][0-9]{{{width},}}")  # more digits
     return "^(" + "|".join(alternatives) + ")$"
+
+
+def tag_pattern_covers(general: str, specific: str) -> bool:
+    """True when every tag matched by `specific` is also matched by `general` (simple cases)."""
+    if general == specific or general == "**":
+        return True
+    if general.endswith(".**") and " " not in general + specific and "{" not in general + specific:
+        stem = general[:-3]
+        return specific == stem or specific.startswith(stem + ".")
+    return False
