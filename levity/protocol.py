@@ -81,6 +81,9 @@ class Call:
     unique_id: str
     action: str
     payload: dict[str, Any]
+    # False when the frame has no run of 19 digits, so no integer in it can exceed 64 bits
+    # (2**63 has 19): the payload walk is then skipped.
+    may_hold_large_integers: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class Reply:
 
 
 INT64 = range(-(2**63), 2**63)
+_NINETEEN_DIGITS = re.compile(r"\d{19}")
 
 
 def _reject_constant(name: str):
@@ -195,7 +199,7 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
             raise CallError("FormationViolation", "CALL must be [2, UniqueId, Action, Payload]", unique_id)
         if not isinstance(message[3], dict):
             raise CallError("FormationViolation", "CALL payload must be a JSON object", unique_id)
-        return Call(unique_id, message[2], message[3])
+        return Call(unique_id, message[2], message[3], _NINETEEN_DIGITS.search(raw) is not None)
     if message_type == CALLRESULT and len(message) == 3:
         return Reply(CALLRESULT, unique_id, message[2])
     if message_type == CALLERROR and len(message) == 5:
@@ -230,7 +234,7 @@ class PayloadValidator:
             field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
             raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
                             call.unique_id) from None
-        if _oversized_integer(call.payload):
+        if call.may_hold_large_integers and _oversized_integer(call.payload):
             raise CallError("TypeConstraintViolation", f"{call.action}: integer out of range", call.unique_id)
 
 

@@ -88,3 +88,24 @@ def test_every_call_is_answered(call):
 def test_replies_to_no_pending_call_are_never_answered(message_type, unique_id, payload):
     frame = [3, unique_id, payload] if message_type == 3 else [4, unique_id, "GenericError", "", payload]
     assert handle(json.dumps(frame)) == []
+
+
+def test_integers_at_the_64_bit_boundary():
+    """SQLite stores 64-bit integers: one beyond gets TypeConstraintViolation, the edges pass,
+    whether the frame goes through orjson (up to 2**64-1) or the standard parser (beyond)."""
+    from levity.protocol import CallError, parse_frame
+
+    def check(meter_start: int):
+        frame = json.dumps([2, "b", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": meter_start,
+                                                          "timestamp": "2024-01-15T10:10:00Z"}])
+        CONTEXT.validator.validate(parse_frame(frame))
+
+    for fits in (2**63 - 1, -(2**63), 10**18, 0):
+        check(fits)
+    for beyond in (2**63, -(2**63) - 1, 2**64 - 1, 2**64, 10**30):
+        try:
+            check(beyond)
+        except CallError as exc:
+            assert exc.code == "TypeConstraintViolation", (beyond, exc.code)
+        else:
+            raise AssertionError(f"{beyond} was accepted")
