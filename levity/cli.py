@@ -19,22 +19,35 @@ def _serve(args: argparse.Namespace) -> int:
 def _charge_points(args: argparse.Namespace) -> int:
     from levity.audit.events import iso_utc
     from levity.store import Store
+    from levity.workers import check_layout, shard_database, worker_index
     import time
 
-    store = Store(load_settings(args).database)
+    settings = load_settings(args)
+    check_layout(settings)
+    workers = settings.workers
+    # With several workers each charge point lives in the database of the worker that owns it.
+    stores = [Store(shard_database(settings.database, i, workers)) for i in range(workers)]
+
+    def store_of(charge_point_id: str) -> Store:
+        return stores[worker_index(charge_point_id, workers)]
+
     try:
         if args.action == "set-password":
-            return _set_password(store, args)
+            return _set_password(store_of(args.ids[0]) if args.ids else stores[0], args)
         if args.action == "register":
-            store.register(args.ids, iso_utc(time.time_ns()))
+            for charge_point_id in args.ids:
+                store_of(charge_point_id).register([charge_point_id], iso_utc(time.time_ns()))
         elif args.action == "unregister":
-            store.unregister(args.ids)
-        for charge_point_id in args.ids or store.registered_ids():
-            row = store.charge_point(charge_point_id) or {}
+            for charge_point_id in args.ids:
+                store_of(charge_point_id).unregister([charge_point_id])
+        listed = args.ids or sorted(cp for store in stores for cp in store.registered_ids())
+        for charge_point_id in listed:
+            row = store_of(charge_point_id).charge_point(charge_point_id) or {}
             print(f"{charge_point_id}\t{'registered' if row.get('registered') else 'not registered'}\t"
                   f"{row.get('vendor') or '-'}\t{row.get('model') or '-'}\t{row.get('last_boot') or '-'}")
     finally:
-        store.close()
+        for store in stores:
+            store.close()
     return 0
 
 
@@ -83,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     charge_points.add_argument("action", choices=("list", "register", "unregister", "set-password"))
     charge_points.add_argument("ids", nargs="*", metavar="CHARGE_POINT_ID")
     charge_points.add_argument("--database", default=None, help="SQLite database [env LEVITY_DATABASE]")
+    charge_points.add_argument("--workers", default=None,
+                               help="the LEVITY_WORKERS Levity serves with [env LEVITY_WORKERS]")
     charge_points.add_argument("--password-file", help="set-password: read the AuthorizationKey from this file "
                                "(default: first line of standard input)")
     charge_points.add_argument("--generate", action="store_true",

@@ -34,6 +34,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -63,6 +70,11 @@ class Settings:
     host: str = opt("LEVITY_HOST", "0.0.0.0", "address to listen on")
     port: int = opt("LEVITY_PORT", 9000, "WebSocket port chargers connect to", parse=_port)
     database: str = opt("LEVITY_DATABASE", "levity.db", "SQLite database file (':memory:' keeps nothing)")
+    workers: int = opt(
+        "LEVITY_WORKERS", 1,
+        "worker processes sharing the port; each owns the charge points whose id hashes to it, with its "
+        "own database file and spool (docs/workers.md). More than 1 needs plain ws:// (TLS in front)",
+        parse=_positive_int)
     boot_policy: str = opt(
         "LEVITY_BOOT_POLICY", "accept",
         "BootNotification answer for chargers not registered in the database: accept them "

@@ -71,9 +71,10 @@ class Session:
 
 
 class CentralSystem:
-    def __init__(self, settings: Settings, sink: AuditSink | None = None):
+    def __init__(self, settings: Settings, sink: AuditSink | None = None,
+                 transaction_ids: tuple[int, int] = (1, 1)):
         self.settings = settings
-        self.store = Store(settings.database)
+        self.store = Store(settings.database, transaction_ids)
         self.sink = sink or make_sink(settings)
         try:
             authorizer = Authorizer.from_file(settings.id_tags_file)
@@ -92,6 +93,7 @@ class CentralSystem:
         self.refused: dict[int, int] = {}  # HTTP status -> count, for /metrics
         self.ssl_context = self._ssl_context()
         self._server: asyncio.Server | None = None
+        self.accepting_connections = True
         self._keepalive_task: asyncio.Task | None = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -251,15 +253,18 @@ class CentralSystem:
 
     # Lifecycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, listen: bool = True) -> None:
+        """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         await self.sink.start()
+        self._keepalive_task = asyncio.create_task(self._keepalive())
+        if not listen:
+            return
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: OcppConnection(self), settings.host, settings.port, ssl=self.ssl_context,
             ssl_handshake_timeout=settings.handshake_timeout if self.ssl_context else None, backlog=4096,
         )
-        self._keepalive_task = asyncio.create_task(self._keepalive())
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"
@@ -268,17 +273,19 @@ class CentralSystem:
 
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
+        self.accepting_connections = False
         if self._server is not None:
             self._server.close()  # stop accepting
+        if self._keepalive_task is not None:
             self._keepalive_task.cancel()
-            for session in list(self.sessions.values()):
-                session.connection.close(1001, "server shutting down")
-            for _ in range(50):  # chargers answer the close frame within milliseconds
-                if not self.sessions:
-                    break
-                await asyncio.sleep(0.02)
-            for session in list(self.sessions.values()):
-                session.connection.abort()
+        for session in list(self.sessions.values()):
+            session.connection.close(1001, "server shutting down")
+        for _ in range(50):  # chargers answer the close frame within milliseconds
+            if not self.sessions:
+                break
+            await asyncio.sleep(0.02)
+        for session in list(self.sessions.values()):
+            session.connection.abort()
         await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
         self.store.close()
         log.info("stopped")
@@ -295,9 +302,9 @@ async def serve_until_signalled(settings: Settings) -> None:
     await central.stop()
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, prefix: str = "") -> None:
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
     # Both libraries log whole frames or per-connection chatter at INFO.
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
@@ -306,6 +313,11 @@ def configure_logging(level: str) -> None:
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
     os.umask(0o077)  # database, spool and audit files hold personal data: owner only
+    from levity.workers import check_settings, run_supervisor
+
+    check_settings(settings)  # also with one worker: refuses files sharded for several
+    if settings.workers > 1:
+        return run_supervisor(settings)
     try:
         asyncio.run(serve_until_signalled(settings))
     except OSError as exc:

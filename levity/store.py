@@ -6,7 +6,9 @@ scheduled to run right after them (group commit: under load one commit serves hu
 calls). Transaction starts and stops commit before the charger gets its answer. WAL with
 synchronous=NORMAL: a crash of Levity loses nothing committed; only a power loss can lose
 the last commits. A transaction id is the row id of an AUTOINCREMENT table, so ids are
-unique and never reused, across restarts too.
+unique and never reused, across restarts too. With several workers (levity/workers.py) each
+has its own database, and worker k of N issues only ids congruent to k+1 modulo N, so ids stay
+unique across all of them.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ class Transaction:
 
 
 class Store:
-    def __init__(self, path: str = "levity.db"):
+    def __init__(self, path: str = "levity.db", transaction_ids: tuple[int, int] = (1, 1)):
+        # (residue, modulus): the transaction ids this store may issue (see the module doc).
+        self._id_residue, self._id_modulus = transaction_ids
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # The event loop thread is the only user; transactions are explicit (_begin/commit).
@@ -194,12 +198,21 @@ class Store:
     def start_transaction(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                           start_timestamp: str, reservation_id: int | None, now: str) -> int:
         cursor = self._write(
-            "INSERT INTO transactions (charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
-            "reservation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (charge_point_id, connector_id, id_tag, meter_start, start_timestamp, reservation_id, now),
+            "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
+            "reservation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self._next_transaction_id(), charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
+             reservation_id, now),
         )
         self.commit()  # the id goes to the charger: it must survive a crash
         return cursor.lastrowid
+
+    def _next_transaction_id(self) -> int | None:
+        """None lets AUTOINCREMENT choose; with several workers, the next id of this one's residue."""
+        if self._id_modulus == 1:
+            return None
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
+        last = row[0] if row else 0
+        return last + 1 + (self._id_residue - last - 1) % self._id_modulus
 
     def transaction(self, transaction_id: int) -> Transaction | None:
         row = self._db.execute(
