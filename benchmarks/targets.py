@@ -25,16 +25,19 @@ class TargetSpec:
     kind: str  # levity | plain | echo
     audit: str = ""  # levity: fluentd | none | down
     description: str = ""
+    workers: int = 1  # levity: LEVITY_WORKERS; 0 = one per CPU
 
 
 TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
     TargetSpec("levity", "levity", "fluentd", "levity serve, schema validation and audit on (Fluentd Forward receiver)"),
+    TargetSpec("levity-workers", "levity", "fluentd", "the same with LEVITY_WORKERS = CPUs (connections routed "
+               "to workers by charge point id)", workers=0),
     TargetSpec("levity-audit-off", "levity", "none", "levity serve, FLUENTD_ENABLED=false, LEVITY_AUDIT_SINK=none"),
     TargetSpec("levity-fluentd-down", "levity", "down", "levity serve, audit on, FLUENTD_PORT a closed port"),
     TargetSpec("plain-ocpp", "plain", description="ocpp library ChargePoint, default validation (the baseline)"),
     TargetSpec("echo", "echo", description="raw websockets echo server (the ceiling)"),
 )}
-DEFAULT_TARGETS = ("levity", "plain-ocpp", "echo")
+DEFAULT_TARGETS = ("levity", "levity-workers", "plain-ocpp", "echo")
 
 # The bench drives each charger far beyond a real charger's rate (closed loop: as fast as
 # answers come), so Levity's per-charger abuse throttle (50 calls/s by default) would measure
@@ -64,7 +67,8 @@ class ServerProcess:
         if self.spec.kind == "levity":
             env = {"LEVITY_HOST": "127.0.0.1", "LEVITY_PORT": str(self.port),
                    "LEVITY_DATABASE": str(self.workdir / "levity.db"),
-                   "LEVITY_SPOOL_DIR": str(self.workdir / "spool"), **LEVITY_BENCH_ENV}
+                   "LEVITY_SPOOL_DIR": str(self.workdir / "spool"),
+                   "LEVITY_WORKERS": str(self.spec.workers or os.cpu_count() or 1), **LEVITY_BENCH_ENV}
             if self.spec.audit == "none":
                 env.update(FLUENTD_ENABLED="false", LEVITY_AUDIT_SINK="none")
             else:
