@@ -246,7 +246,8 @@ class ChargePoint(OcppChargePoint):
         await self.ctx.sink.emit_durable(self.ctx.events.make(
             "transaction_start", self.id, connector_id=connector_id, id_tag=id_tag, meter_start=meter_start,
             transaction_id=transaction_id, transaction_timestamp=timestamp))
-        log.info("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
+        self.ctx.store.commit()  # the id goes to the charger: it must survive a crash (no-op if done)
+        log.debug("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=IdTagInfo(status=status))
 
     @on(Action.stop_transaction, skip_schema_validation=True)
@@ -274,7 +275,8 @@ class ChargePoint(OcppChargePoint):
         await self.ctx.sink.emit_durable(self.ctx.events.make(
             "transaction_stop", self.id, transaction_id=transaction_id, meter_stop=meter_stop,
             energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra))
-        log.info("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
+        store.commit()
+        log.debug("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
         id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
         return call_result.StopTransaction(id_tag_info=id_tag_info)
 

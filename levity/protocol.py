@@ -159,12 +159,17 @@ def _camel_key(key: str) -> str:
     return camel
 
 
+_FIELD_NAMES: dict[type, list[tuple[str, str]]] = {}  # answer dataclass -> (field, camelCase key)
+
+
 def response_payload(value: Any) -> Any:
     """An answer dataclass (ocpp.v16.call_result) as an OCPP JSON payload: camelCase keys,
     None fields left out, as the library's serialize_as_dict/remove_nones/snake_to_camel_case."""
-    if dataclasses.is_dataclass(value):
-        return {_camel_key(f.name): response_payload(v) for f in dataclasses.fields(value)
-                if (v := getattr(value, f.name)) is not None}
+    names = _FIELD_NAMES.get(type(value))
+    if names is None and dataclasses.is_dataclass(value):
+        names = _FIELD_NAMES[type(value)] = [(f.name, _camel_key(f.name)) for f in dataclasses.fields(value)]
+    if names is not None:
+        return {camel: response_payload(v) for name, camel in names if (v := getattr(value, name)) is not None}
     if isinstance(value, dict):
         return {_camel_key(k): response_payload(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):

@@ -5,7 +5,9 @@ Writes made while the event loop handles one batch of ready connections share on
 scheduled to run right after them (group commit: under load one commit serves hundreds of
 calls). Transaction starts and stops commit before the charger gets its answer. WAL with
 synchronous=NORMAL: a crash of Levity loses nothing committed; only a power loss can lose
-the last commits. A transaction id is the row id of an AUTOINCREMENT table, so ids are
+the last commits. A transaction start or stop is committed before the charger gets its answer:
+the handler calls commit() after its (awaited) audit event, by when the group commit has
+usually already run. A transaction id is the row id of an AUTOINCREMENT table, so ids are
 unique and never reused, across restarts too. With several workers (levity/workers.py) each
 has its own database, and worker k of N issues only ids congruent to k+1 modulo N, so ids stay
 unique across all of them.
@@ -85,6 +87,8 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._migrate()
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
+        self._last_transaction_id = row[0] if row else 0  # this store is the only writer of its ids
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(charge_points)")}
@@ -203,15 +207,15 @@ class Store:
             (self._next_transaction_id(), charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
              reservation_id, now),
         )
-        self.commit()  # the id goes to the charger: it must survive a crash
+        # Committed with the group; the caller commits before it answers (module doc).
+        self._last_transaction_id = cursor.lastrowid
         return cursor.lastrowid
 
     def _next_transaction_id(self) -> int | None:
         """None lets AUTOINCREMENT choose; with several workers, the next id of this one's residue."""
         if self._id_modulus == 1:
             return None
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
-        last = row[0] if row else 0
+        last = self._last_transaction_id
         return last + 1 + (self._id_residue - last - 1) % self._id_modulus
 
     def transaction(self, transaction_id: int) -> Transaction | None:
@@ -228,7 +232,6 @@ class Store:
             "stopped_at = ? WHERE id = ?",
             (meter_stop, stop_timestamp, reason, id_tag, now, transaction_id),
         )
-        self.commit()
 
     def open_transactions(self, charge_point_id: str) -> list[int]:
         return [r[0] for r in self._db.execute(
