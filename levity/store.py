@@ -62,6 +62,11 @@ CREATE INDEX IF NOT EXISTS meter_values_tx ON meter_values (transaction_id);
 """
 
 
+INSERT_METER_VALUE = (
+    "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
+    "phase, context, location, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 @dataclass(frozen=True)
 class Transaction:
     id: int
@@ -82,6 +87,10 @@ class Store:
         # The event loop thread is the only user; transactions are explicit (_begin/commit).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._in_transaction = False
+        # The hottest writes (meter values, heartbeats) nobody reads back at once: kept here
+        # and written with one executemany each at the group commit.
+        self._meter_rows: list[tuple] = []
+        self._heartbeats: dict[str, str] = {}
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -121,8 +130,18 @@ class Store:
 
     def commit(self) -> None:
         if self._in_transaction:
+            self._write_deferred()
             self._in_transaction = False
             self._db.execute("COMMIT")
+
+    def _write_deferred(self) -> None:
+        if self._meter_rows:
+            self._db.executemany(INSERT_METER_VALUE, self._meter_rows)
+            self._meter_rows = []
+        if self._heartbeats:
+            self._db.executemany("UPDATE charge_points SET last_heartbeat = ? WHERE id = ?",
+                                 [(now, cp) for cp, now in self._heartbeats.items()])
+            self._heartbeats = {}
 
     # Charge points -------------------------------------------------------------------------
 
@@ -167,13 +186,15 @@ class Store:
         )
 
     def record_heartbeat(self, charge_point_id: str, now: str) -> None:
-        self._write("UPDATE charge_points SET last_heartbeat = ? WHERE id = ?", (now, charge_point_id))
+        self._begin()
+        self._heartbeats[charge_point_id] = now
 
     def record_cp_status(self, charge_point_id: str, column: str, status: str) -> None:
         assert column in ("firmware_status", "diagnostics_status")
         self._write(f"UPDATE charge_points SET {column} = ? WHERE id = ?", (status, charge_point_id))
 
     def charge_point(self, charge_point_id: str) -> dict[str, Any] | None:
+        self._write_deferred()
         cursor = self._db.execute("SELECT * FROM charge_points WHERE id = ?", (charge_point_id,))
         row = cursor.fetchone()
         return dict(zip([c[0] for c in cursor.description], row)) if row else None
@@ -250,12 +271,10 @@ class Store:
             for entry in meter_value for sample in entry.get("sampled_value", ())
         ]
         if rows:
-            self._write_many(
-                "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, "
-                "value, unit, phase, context, location, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            self._begin()
+            self._meter_rows += rows
 
     def count(self, table: str) -> int:
         assert table in ("charge_points", "connectors", "transactions", "meter_values")
+        self._write_deferred()
         return self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
