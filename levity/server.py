@@ -15,6 +15,7 @@ Plain HTTP GET /health and /metrics on the same port serve load balancers and op
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -255,6 +256,7 @@ class CentralSystem:
 
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
+        self.context.validator.compile(ChargePoint.routes())
         await self.sink.start()
         self._keepalive_task = asyncio.create_task(self._keepalive())
         if not listen:
@@ -294,12 +296,21 @@ class CentralSystem:
 async def serve_until_signalled(settings: Settings) -> None:
     central = CentralSystem(settings)
     await central.start()
+    freeze_startup_objects()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await central.stop()
+
+
+def freeze_startup_objects() -> None:
+    """Move what exists after start (modules, compiled validators, settings: tens of thousands
+    of objects that live forever) out of the garbage collector's reach. Under load its full
+    collections scanned them all, tens of milliseconds each, about 10% of the CPU."""
+    gc.collect()
+    gc.freeze()
 
 
 def configure_logging(level: str, prefix: str = "") -> None:

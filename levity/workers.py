@@ -448,11 +448,12 @@ class ConnectionChannel:
 
 
 async def _work(settings: Settings, index: int, workers: int, channel: socket.socket) -> None:
-    from levity.server import CentralSystem
+    from levity.server import CentralSystem, freeze_startup_objects
 
     central = CentralSystem(settings, transaction_ids=transaction_ids(index, workers))
     stop = asyncio.Event()
     await central.start(listen=False)
+    freeze_startup_objects()
     connections = ConnectionChannel(channel, central, stop.set)
     connections.start()
     log.info("worker %d of %d serving (database %s)", index, workers, settings.database)

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from levity.audit.events import AuditEvent
 from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch
-from levity.audit.spool import Spool
+from levity.audit.spool import Spool, encode_frame
 from levity.config import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,9 @@ class ForwardSink:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self._io: ThreadPoolExecutor | None = None
-        self._pending: list[AuditEvent] = []
+        # Events wait here as their spool frames: bytes, which the garbage collector does not
+        # track (event objects held for a flush interval were a large part of its work).
+        self._pending: list[bytes] = []
         self._first_pending_at = 0.0
         self._waiters: list[asyncio.Future] = []
         self._wake: asyncio.Event | None = None  # something is pending
@@ -105,12 +107,14 @@ class ForwardSink:
                 self._drop_late()
                 return
             pending = self._pending
-            pending.append(event)
+            pending.append(encode_frame(event.tag, event.time_ns, event.record))
             if len(pending) == 1:
                 self._first_pending_at = time.monotonic()
                 self._wake.set()
             elif len(pending) >= self.batch_size:
                 self._urgent.set()
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.spool.drops.dropped(1, f"event not serialisable ({exc})")
         except Exception:  # noqa: BLE001 - emit must never raise into a handler
             log.exception("audit: emit failed")
 
@@ -119,8 +123,13 @@ class ForwardSink:
         if self._closing or not self._started:
             self._drop_late()
             return
+        try:
+            frame = encode_frame(event.tag, event.time_ns, event.record)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self.spool.drops.dropped(1, f"event not serialisable ({exc})")
+            return
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(event)
+        self._pending.append(frame)
         self._waiters.append(future)
         if len(self._pending) == 1:
             self._first_pending_at = time.monotonic()
@@ -220,8 +229,8 @@ class ForwardSink:
                     waiter.set_result(None)
             self._data.set()
 
-    def _write(self, batch: list[AuditEvent], fsync: bool) -> int:
-        return self.spool.append(((e.tag, e.time_ns, e.record) for e in batch), fsync=fsync)
+    def _write(self, batch: list[bytes], fsync: bool) -> int:
+        return self.spool.append_frames(batch, fsync=fsync)
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -269,9 +278,9 @@ class ForwardSink:
                     backoff = min(backoff * 2, self.backoff_max)
                     continue
             self._data.clear()
-            batch, data, chunk = await loop.run_in_executor(self._io, self._read_encoded, acked, pos)
+            count, end, data, chunk = await loop.run_in_executor(self._io, self._read_encoded, acked, pos)
             acked = None
-            if not batch.events:
+            if not count:
                 try:
                     await asyncio.wait_for(self._data.wait(), 1.0)
                 except asyncio.TimeoutError:
@@ -283,17 +292,17 @@ class ForwardSink:
                 await self._conn.send(data, chunk)
             except ForwardError as exc:
                 self.send_failures += 1
-                self.replayed += len(batch.events)
+                self.replayed += count
                 self._conn.close()
                 self._conn = None
                 self.connected = False
                 pos = None  # resend from the cursor
-                self._failed(exc, sent=len(batch.events))
+                self._failed(exc, sent=count)
                 await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, self.backoff_max)
                 continue
-            self.acknowledged += len(batch.events)
-            pos = acked = batch.end
+            self.acknowledged += count
+            pos = acked = end
             backoff = self.backoff_initial
             if self._failing_since is not None:
                 log.info("Fluentd at %s acknowledges events again (after %.1fs); replaying %d spooled event(s)",
@@ -304,12 +313,13 @@ class ForwardSink:
     def _read_encoded(self, acked, pos):
         """On the I/O thread, in one hop (under load every await of the event loop is a long one):
         move the spool's cursor past an acknowledged batch, read the next batch and encode it
-        (off the event loop, which serves the chargers)."""
+        (off the event loop, which serves the chargers). Only the wire bytes are kept until
+        the ack, not an object per event."""
         if acked is not None:
             self.spool.ack(acked)
         batch = self.spool.read(pos, self.batch_size)
         data, chunk = encode_batch(batch.events) if batch.events else (b"", "")
-        return batch, data, chunk
+        return len(batch.events), batch.end, data, chunk
 
     def _failed(self, exc: ForwardError, sent: int) -> None:
         """Log a delivery failure once when it starts; it is logged again only when it clears."""

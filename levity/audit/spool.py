@@ -307,6 +307,10 @@ class Spool:
                 frames.append(encode_frame(tag, time_ns, record))
             except (TypeError, ValueError, OverflowError) as exc:
                 self.drops.dropped(1, f"event not serialisable ({exc})")
+        return self.append_frames(frames, fsync)
+
+    def append_frames(self, frames: list[bytes], fsync: bool = False) -> int:
+        """append() for events already encoded with encode_frame."""
         if not frames:
             if fsync:
                 self.sync()
