@@ -81,8 +81,10 @@ class Call:
     unique_id: str
     action: str
     payload: dict[str, Any]
-    # False when the frame has no run of 19 digits, so no integer in it can exceed 64 bits
-    # (2**63 has 19): the payload walk is then skipped.
+    # True when the standard parser read the frame (orjson refused it): then any integer
+    # anywhere may be beyond 64 bits and the whole payload is walked. orjson's integers are
+    # below 2**64, and after validation they sit at the payload's top level only (the schemas
+    # of the actions Levity handles have no nested integers), so a look there is enough.
     may_hold_large_integers: bool = True
 
 
@@ -97,7 +99,7 @@ class Reply:
 
 
 INT64 = range(-(2**63), 2**63)
-_NINETEEN_DIGITS = re.compile(r"\d{19}")
+UINT63 = 2**63
 
 
 def _reject_constant(name: str):
@@ -119,13 +121,14 @@ def encode(message: list) -> str:
     return orjson.dumps(message).decode()
 
 
-def _loads(raw: str) -> Any:
+def _loads(raw: str) -> tuple[Any, bool]:
+    """The parsed frame, and whether the standard parser (not orjson) read it."""
     try:
-        return orjson.loads(raw)
+        return orjson.loads(raw), False
     except orjson.JSONDecodeError:
-        # Slow path for what orjson refuses (integers beyond 64 bits, deep nesting): the
-        # standard parser tells a broken frame from a merely out-of-range value.
-        return json.loads(raw, parse_constant=_reject_constant)
+        # Slow path for what orjson refuses (deep nesting, ...): the standard parser tells a
+        # broken frame from a merely out-of-range value.
+        return json.loads(raw, parse_constant=_reject_constant), True
 
 
 # Payload keys between OCPP's camelCase and the handlers' snake_case. The `ocpp` library
@@ -186,7 +189,7 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if isinstance(raw, bytes):
         raise CallError("FormationViolation", "OCPP-J uses text frames; got a binary frame")
     try:
-        message = _loads(raw)
+        message, slow_path = _loads(raw)
     except (ValueError, RecursionError):
         raise CallError("FormationViolation", "frame is not valid JSON") from None
     if not isinstance(message, list) or not message:
@@ -204,7 +207,7 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
             raise CallError("FormationViolation", "CALL must be [2, UniqueId, Action, Payload]", unique_id)
         if not isinstance(message[3], dict):
             raise CallError("FormationViolation", "CALL payload must be a JSON object", unique_id)
-        return Call(unique_id, message[2], message[3], _NINETEEN_DIGITS.search(raw) is not None)
+        return Call(unique_id, message[2], message[3], slow_path)
     if message_type == CALLRESULT and len(message) == 3:
         return Reply(CALLRESULT, unique_id, message[2])
     if message_type == CALLERROR and len(message) == 5:
@@ -245,7 +248,8 @@ class PayloadValidator:
             field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
             raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
                             call.unique_id) from None
-        if call.may_hold_large_integers and _oversized_integer(call.payload):
+        if _oversized_integer(call.payload) if call.may_hold_large_integers else \
+                any(type(value) is int and value >= UINT63 for value in call.payload.values()):
             raise CallError("TypeConstraintViolation", f"{call.action}: integer out of range", call.unique_id)
 
 
