@@ -185,3 +185,24 @@ async def test_registered_only_policy_with_workers(levity, tmp_path):
         async with raw_charge_point(server.url, "CP-STRANGER"):
             pass
     assert refused.value.response.status_code == 404
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()  # exited, waiting to be reaped by whoever adopted it
+    except FileNotFoundError:
+        return True
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(levity):
+    server = levity(WORKERS)
+    pids = worker_pids(server)
+    server.kill()  # SIGKILL: no chance to stop the workers itself
+    for _ in range(100):
+        if all(_gone(pid) for pid in pids):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"workers {pids} still running without their supervisor:\n{server.log()}")
+    assert "shutting down" in server.log()  # each worker stopped the normal way
