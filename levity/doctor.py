@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgpack
 
@@ -107,11 +108,22 @@ def check_spool(settings: Settings, report: Report) -> None:
                                            f"(uid {os.getuid()})")
         return
     report.add("spool writable", OK, f"{directory.resolve()}" + ("" if directory.exists() else " (created at start)"))
+    from levity.workers import check_layout, shard_spool
+
     try:
-        info = inspect_spool(directory)
+        check_layout(settings)
+    except ConfigError as exc:
+        report.add("workers", FAIL, str(exc))
+    # With several workers each has its own spool under the directory: their depths add up.
+    directories = [Path(shard_spool(settings.spool_dir, i, settings.workers)) for i in range(settings.workers)]
+    try:
+        infos = [inspect_spool(d) for d in directories]
     except OSError as exc:
         report.add("spool depth", FAIL, f"cannot read {directory}: {exc}")
         return
+    oldest = [i.oldest_time_ns for i in infos if i.oldest_time_ns]
+    info = SimpleNamespace(events=sum(i.events for i in infos), bytes=sum(i.bytes for i in infos),
+                           oldest_time_ns=min(oldest) if oldest else None)
     if not info.events:
         report.add("spool depth", OK, "empty: Fluentd has acknowledged every event")
         return

@@ -438,7 +438,10 @@ class ConnectionChannel:
                 self.on_lost()
                 return
             if message == METRICS:
-                self.channel.send(self.central.metrics_text().encode())
+                try:
+                    self.channel.send(self.central.metrics_text().encode())
+                except OSError:  # the supervisor went away or is not reading: it gets no answer
+                    pass
             for fd in fds:
                 sock = socket.socket(fileno=fd)
                 if self.central.accepting_connections:

@@ -89,3 +89,18 @@ def test_text_output(capsys, tmp_path, receiver):
     assert code == 0
     assert lines[-1] == "verdict: healthy (OK)"
     assert all(line.split()[0] in ("OK", "WARN", "FAIL") for line in lines[:-1])
+
+
+def test_spool_depth_adds_up_the_workers_spools(capsys, tmp_path, receiver):
+    for index, count in ((0, 2), (1, 3)):
+        spool = Spool(tmp_path / "spool" / f"shard{index}-of-2", max_bytes=1 << 20).open()
+        spool.append([("ocpp.heartbeat", 1_700_000_000_000_000_000, {"event_type": "heartbeat"})] * count,
+                     fsync=True)
+        spool.close()
+    code, out = doctor(capsys, receiver.port, tmp_path, "--workers", "2", "--database", str(tmp_path / "levity.db"))
+    detail = next(c["detail"] for c in out["checks"] if c["name"] == "spool depth")
+    assert detail.startswith("5 unacknowledged event(s)")
+    assert "workers" not in statuses(out)
+    # The same files read with another worker count: the events would never be sent.
+    code, out = doctor(capsys, receiver.port, tmp_path, "--workers", "3", "--database", str(tmp_path / "levity.db"))
+    assert statuses(out)["workers"] == "FAIL" and code == 2
