@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Fluentd stand-in for the levity target: benchmarks/forward_receiver.py (decodes and "
                         "counts; keeps up with Levity) or the suite's tests/support/forward_receiver.py (decodes "
                         "and keeps every event: a cross-check, but under load it falls behind and Levity spools)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every target at every point this many times, interleaved; ratios are taken "
+                        "within each round (neighbours in time) and their median is reported")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, metavar="FILE", help="write the full report as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE", help="write a PNG: throughput and p99 against chargers")
@@ -434,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     args.warmup = 3.0 if args.warmup is None else args.warmup
     if not 0 < args.duration <= MAX_DURATION or not 0 <= args.warmup <= MAX_DURATION:
         raise SystemExit(f"--duration and --warmup: up to {MAX_DURATION:.0f} s")
+    if not 1 <= args.rounds <= 20:
+        raise SystemExit("--rounds: 1..20")
     if args.mode == "open" and args.rate <= 0:
         raise SystemExit("--rate must be positive")
     for kv in args.levity_env:
@@ -459,24 +464,29 @@ def main(argv: list[str] | None = None) -> int:
                       "connections_only": args.connections_only,
                       "heartbeat_interval": args.heartbeat_interval if args.connections_only else None,
                       "clients": args.clients or multiprocessing.cpu_count(), "seed": args.seed,
+                      "rounds": args.rounds,
                       "levity_env": args.levity_env, "receiver": args.receiver, "server_cpus": args.server_cpus,
                       "client_cpus": args.client_cpus},
            "results": []}
     workdir = Path(tempfile.mkdtemp(prefix="levity-bench-"))
     try:
-        for chargers in args.chargers:
-            for target in args.targets:
-                log(args, f"[{target} x {chargers} charge points, {args.mode} loop, "
-                          f"{args.warmup:g}s warm-up + {args.duration:g}s]")
-                point_dir = workdir / f"{target}-{chargers}"
-                point_dir.mkdir()
-                try:
-                    result = run_point(args, target, chargers, point_dir)
-                except (RuntimeError, TimeoutError, OSError) as exc:
-                    result = {"target": target, "charge_points": chargers, "failed": str(exc)[-2000:]}
-                    log(args, f"  {target}: FAILED: {exc}")
-                run["results"].append(result)
-                shutil.rmtree(point_dir, ignore_errors=True)
+        # Rounds outermost: each round measures every target close together in time, so the
+        # machine's drift (these machines are shared) hits a round's targets alike.
+        for round_index in range(args.rounds):
+            for chargers in args.chargers:
+                for target in args.targets:
+                    log(args, f"[{target} x {chargers} charge points, {args.mode} loop, "
+                              f"{args.warmup:g}s warm-up + {args.duration:g}s, round {round_index + 1}/{args.rounds}]")
+                    point_dir = workdir / f"{target}-{chargers}-{round_index}"
+                    point_dir.mkdir()
+                    try:
+                        result = run_point(args, target, chargers, point_dir)
+                    except (RuntimeError, TimeoutError, OSError) as exc:
+                        result = {"target": target, "charge_points": chargers, "failed": str(exc)[-2000:]}
+                        log(args, f"  {target}: FAILED: {exc}")
+                    result["round"] = round_index
+                    run["results"].append(result)
+                    shutil.rmtree(point_dir, ignore_errors=True)
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured", file=sys.stderr)
     finally:

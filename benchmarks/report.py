@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 # Issue 7's targets, printed next to the measured ratios.
@@ -14,7 +15,31 @@ def _ok(results: list[dict]) -> list[dict]:
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """Per number of charge points: every levity variant against plain-ocpp and echo."""
+    """Per number of charge points: every levity variant against plain-ocpp and echo. With
+    several rounds, each ratio is taken within a round and the median is reported, with every
+    round's value under "rounds"."""
+    rounds = sorted({r.get("round", 0) for r in results})
+    per_round = [_ratios_of_round([r for r in results if r.get("round", 0) == n]) for n in rounds]
+    if len(per_round) == 1:
+        return per_round[0]
+    merged: dict[tuple, dict] = {}
+    for entries in per_round:
+        for entry in entries:
+            key = (entry["charge_points"], entry["target"])
+            slot = merged.setdefault(key, {"target": entry["target"], "charge_points": entry["charge_points"],
+                                           "rounds": {}})
+            for name, value in entry.items():
+                if name not in ("target", "charge_points"):
+                    slot["rounds"].setdefault(name, []).append(value)
+    out = []
+    for _, slot in sorted(merged.items()):
+        for name, values in slot["rounds"].items():
+            slot[name] = round(statistics.median(values), 3)
+        out.append(slot)
+    return out
+
+
+def _ratios_of_round(results: list[dict]) -> list[dict]:
     out = []
     by_point = {(r["target"], r["charge_points"]): r for r in _ok(results)}
     for chargers in sorted({r["charge_points"] for r in _ok(results)}):
@@ -31,6 +56,10 @@ def ratios(results: list[dict]) -> list[dict]:
                     entry[f"p99_vs_{name}"] = round(r["latency_ms"]["p99"] / base["latency_ms"]["p99"], 3)
             out.append(entry)
     return out
+
+
+def _range(values: list[float] | None) -> str:
+    return f" [{min(values):.2f}-{max(values):.2f}]" if values and len(values) > 1 else ""
 
 
 def _fmt(value, spec: str = "", none: str = "-") -> str:
@@ -59,8 +88,9 @@ def table(run: dict) -> str:
             continue
         lat = r["latency_ms"]
         audit = r.get("audit", {}).get("delivered") if "audit" in r else None
+        name = r["target"] if cfg.get("rounds", 1) == 1 else f"{r['target']} #{r.get('round', 0) + 1}"
         lines.append(
-            f"{r['target']:<20} {r['charge_points']:>6} {r['connections_held']:>6} {r['calls_per_second']:>9.1f} "
+            f"{name:<20} {r['charge_points']:>6} {r['connections_held']:>6} {r['calls_per_second']:>9.1f} "
             f"{_fmt(lat['p50'], '.2f'):>8} {_fmt(lat['p95'], '.2f'):>8} {_fmt(lat['p99'], '.2f'):>8} "
             f"{r['errors']:>5} {r['timeouts']:>5} {r['server_cpu_percent']:>8.1f} {r['machine_cpu_busy_percent']:>5.0f} {r['server_peak_rss_mb']:>7.1f} "
             f"{_fmt(r['rss_per_connection_kb'], '.1f'):>8} {_fmt(audit, 'd'):>8} {r['client_cpu_percent']:>8.1f}")
@@ -74,15 +104,17 @@ def table(run: dict) -> str:
     rows = [] if cfg.get("connections_only") else run.get("ratios") or []
     if rows:
         lines.append("")
-        lines.append("Ratios (the figures that count: the machine is noisy)")
+        lines.append("Ratios (the figures that count: the machine is noisy)"
+                     + (f"; median of {cfg['rounds']} rounds, range in brackets" if cfg.get("rounds", 1) > 1 else ""))
         for row in rows:
             parts = []
+            spread = row.get("rounds", {})
             if "calls_per_second_vs_plain-ocpp" in row:
-                parts.append(f"calls/s {row['target']}/plain-ocpp = {row['calls_per_second_vs_plain-ocpp']:.2f}x "
-                             f"(target >= {TARGET_VS_PLAIN:g}x)")
+                parts.append(f"calls/s {row['target']}/plain-ocpp = {row['calls_per_second_vs_plain-ocpp']:.2f}x"
+                             f"{_range(spread.get('calls_per_second_vs_plain-ocpp'))} (target >= {TARGET_VS_PLAIN:g}x)")
             if "calls_per_second_vs_echo" in row:
-                parts.append(f"{row['target']}/echo = {row['calls_per_second_vs_echo']:.2f} "
-                             f"(target >= {TARGET_VS_ECHO:g})")
+                parts.append(f"{row['target']}/echo = {row['calls_per_second_vs_echo']:.2f}"
+                             f"{_range(spread.get('calls_per_second_vs_echo'))} (target >= {TARGET_VS_ECHO:g})")
             if "p99_vs_plain-ocpp" in row:
                 parts.append(f"p99 {row['target']}/plain-ocpp = {row['p99_vs_plain-ocpp']:.2f}")
             if parts:
@@ -128,10 +160,13 @@ def plot(run: dict, path: Path) -> None:
     results = _ok(run["results"])
     fig, (ax_rate, ax_p99) = plt.subplots(1, 2, figsize=(12, 4.8))
     for target in dict.fromkeys(r["target"] for r in results):
-        points = sorted((r["charge_points"], r) for r in results if r["target"] == target)
-        xs = [n for n, _ in points]
-        ax_rate.plot(xs, [r["calls_per_second"] for _, r in points], marker="o", label=target)
-        ax_p99.plot(xs, [r["latency_ms"]["p99"] or 0 for _, r in points], marker="o", label=target)
+        xs = sorted({r["charge_points"] for r in results if r["target"] == target})
+        # With several rounds: the median of each point.
+        points = [[r for r in results if r["target"] == target and r["charge_points"] == n] for n in xs]
+        ax_rate.plot(xs, [statistics.median(r["calls_per_second"] for r in p) for p in points], marker="o",
+                     label=target)
+        ax_p99.plot(xs, [statistics.median(r["latency_ms"]["p99"] or 0 for r in p) for p in points], marker="o",
+                    label=target)
     for ax, title, ylabel in ((ax_rate, "Throughput", "calls per second"),
                               (ax_p99, "Latency p99", "p99 latency (ms)")):
         ax.set_title(title)
