@@ -21,7 +21,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import msgpack
 
@@ -99,7 +98,7 @@ def check_configuration(settings: Settings, report: Report) -> bytes | None:
 
 
 def check_spool(settings: Settings, report: Report) -> None:
-    from levity.audit.spool import inspect_spool
+    from levity.audit.spool import SpoolInfo, inspect_spool
 
     directory = Path(settings.spool_dir)
     existing = directory if directory.exists() else next((p for p in directory.resolve().parents if p.exists()), None)
@@ -122,8 +121,8 @@ def check_spool(settings: Settings, report: Report) -> None:
         report.add("spool depth", FAIL, f"cannot read {directory}: {exc}")
         return
     oldest = [i.oldest_time_ns for i in infos if i.oldest_time_ns]
-    info = SimpleNamespace(events=sum(i.events for i in infos), bytes=sum(i.bytes for i in infos),
-                           oldest_time_ns=min(oldest) if oldest else None)
+    info = SpoolInfo(events=sum(i.events for i in infos), bytes=sum(i.bytes for i in infos),
+                     oldest_time_ns=min(oldest) if oldest else None, segments=sum(i.segments for i in infos))
     if not info.events:
         report.add("spool depth", OK, "empty: Fluentd has acknowledged every event")
         return
