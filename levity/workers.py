@@ -56,15 +56,28 @@ def worker_index(charge_point_id: str, workers: int) -> int:
     return zlib.crc32(charge_point_id.encode()) % workers
 
 
+def shard_name(index: int, workers: int) -> str:
+    return f"shard{index}-of-{workers}"
+
+
+def shard_workers(name: str, prefix: str = "", suffix: str = "") -> int | None:
+    """N when `name` is prefix + shard_name(k, N) + suffix, else None."""
+    if len(name) > len(prefix) + len(suffix) and name.startswith(prefix) and name.endswith(suffix):
+        match = _SHARD_RE.fullmatch(name[len(prefix):len(name) - len(suffix)])
+        if match:
+            return int(match.group(2))
+    return None
+
+
 def shard_database(database: str, index: int, workers: int) -> str:
     if workers == 1 or database == ":memory:":
         return database
     path = Path(database)
-    return str(path.with_name(f"{path.stem}.shard{index}-of-{workers}{path.suffix}"))
+    return str(path.with_name(f"{path.stem}.{shard_name(index, workers)}{path.suffix}"))
 
 
 def shard_spool(spool_dir: str, index: int, workers: int) -> str:
-    return spool_dir if workers == 1 else str(Path(spool_dir) / f"shard{index}-of-{workers}")
+    return spool_dir if workers == 1 else str(Path(spool_dir) / shard_name(index, workers))
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -90,14 +103,15 @@ def check_layout(settings: Settings) -> None:
         database = Path(settings.database)
         if database.exists():
             found.add(1)
-        pattern = re.compile(re.escape(database.stem) + r"\.shard\d+-of-(\d+)" + re.escape(database.suffix) + "$")
         if database.parent.is_dir():
-            found.update(int(m.group(1)) for p in database.parent.iterdir() if (m := pattern.match(p.name)))
+            for entry in database.parent.iterdir():
+                if (n := shard_workers(entry.name, f"{database.stem}.", database.suffix)) is not None:
+                    found.add(n)
     spool = Path(settings.spool_dir)
     if spool.is_dir():
         for entry in spool.iterdir():
-            if entry.is_dir() and (m := _SHARD_RE.fullmatch(entry.name)) and any(entry.iterdir()):
-                found.add(int(m.group(2)))
+            if entry.is_dir() and (n := shard_workers(entry.name)) is not None and any(entry.iterdir()):
+                found.add(n)
             elif entry.name.endswith(".seg"):
                 found.add(1)
     others = sorted(found - {workers})
