@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import ssl
 import sys
 import time
@@ -71,12 +72,22 @@ class Session:
     replaced: bool = False
 
 
+class StartupError(Exception):
+    """Levity cannot start (database, audit files or port unusable): one clear log line, exit 1."""
+
+
 class CentralSystem:
     def __init__(self, settings: Settings, sink: AuditSink | None = None,
                  transaction_ids: tuple[int, int] = (1, 1)):
         self.settings = settings
-        self.store = Store(settings.database, transaction_ids)
-        self.sink = sink or make_sink(settings)
+        try:
+            self.store = Store(settings.database, transaction_ids)
+        except (sqlite3.Error, OSError) as exc:
+            raise StartupError(f"cannot open the database {settings.database}: {exc}") from None
+        try:
+            self.sink = sink or make_sink(settings)
+        except OSError as exc:
+            raise StartupError(f"cannot open the audit file: {exc}") from None
         try:
             authorizer = Authorizer.from_file(settings.id_tags_file)
             id_tags = IdTagPolicy(settings.id_tag_mode, settings.secret("id_tag_key"))
@@ -257,16 +268,23 @@ class CentralSystem:
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         self.context.validator.compile(ChargePoint.routes())
-        await self.sink.start()
+        try:
+            await self.sink.start()
+        except OSError as exc:
+            raise StartupError(f"cannot open the audit spool: {exc}") from None
         self._keepalive_task = asyncio.create_task(self._keepalive())
         if not listen:
             return
         settings = self.settings
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: OcppConnection(self), settings.host, settings.port, ssl=self.ssl_context,
-            ssl_handshake_timeout=settings.handshake_timeout if self.ssl_context else None, backlog=4096,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: OcppConnection(self), settings.host, settings.port, ssl=self.ssl_context,
+                ssl_handshake_timeout=settings.handshake_timeout if self.ssl_context else None, backlog=4096,
+            )
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"
@@ -331,7 +349,7 @@ def run(settings: Settings) -> int:
         return run_supervisor(settings)
     try:
         asyncio.run(serve_until_signalled(settings))
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc.strerror or exc)
+    except StartupError as exc:
+        log.error("%s", exc)
         return 1
     return 0

@@ -491,7 +491,13 @@ def worker_main(argv: list[str]) -> int:
     configure_logging(settings.log_level, prefix=f"[worker {index}] ")
     os.umask(0o077)
     channel = socket.socket(fileno=fd)
-    asyncio.run(_work(settings, index, parent.workers, channel))
+    from levity.server import StartupError
+
+    try:
+        asyncio.run(_work(settings, index, parent.workers, channel))
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
     return 0
 
 
