@@ -43,7 +43,9 @@ from levity.config import ConfigError, Settings
 log = logging.getLogger("levity.workers")
 
 MAX_HEAD_BYTES = 16384  # a request head larger than this is the worker's to refuse
-RESTART_DELAY = 1.0
+RESTART_DELAY = 1.0  # before the first restart of a worker that died
+RESTART_DELAY_MAX = 30.0  # doubling per failure in a row: a worker that cannot start is retried this often
+STABLE_SECONDS = 60.0  # a worker that ran this long before dying starts again from RESTART_DELAY
 SHUTDOWN_SECONDS = 20.0  # a worker's own flush is bounded to 10 s (server.SHUTDOWN_FLUSH_SECONDS)
 CONNECTION, METRICS = b"C", b"M"  # messages from the supervisor to a worker
 _SHARD_RE = re.compile(r"shard(\d+)-of-(\d+)")
@@ -131,6 +133,12 @@ def check_settings(settings: Settings) -> None:
 
 # Supervisor side ------------------------------------------------------------------------------
 
+def restart_delay(failures_in_a_row: int) -> float:
+    """Seconds before restarting a worker that died; failures_in_a_row counts deaths within
+    STABLE_SECONDS of their start (0 for one that had been running fine)."""
+    return min(RESTART_DELAY * 2 ** max(0, failures_in_a_row - 1), RESTART_DELAY_MAX)
+
+
 class Worker:
     """One worker process and the channel that hands it connections."""
 
@@ -140,10 +148,15 @@ class Worker:
         self.process: subprocess.Popen | None = None
         self.channel: socket.socket | None = None
         self.restarts = -1
+        self.started_at = 0.0
+        self.failures_in_a_row = 0
+        self.restart_at: float | None = None  # when a dead worker is started again
         self._replies: list[asyncio.Future] = []
 
     def start(self) -> None:
         self.restarts += 1
+        self.started_at = time.monotonic()
+        self.restart_at = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Settings travel on stdin, so secrets given as flags never show in the process list.
         self.process = subprocess.Popen(
@@ -307,16 +320,26 @@ class Supervisor:
         return "\n".join(lines) + "\n"
 
     async def _watch(self) -> None:
-        """Restart a worker that died; its chargers reconnect to the new one."""
+        """Restart a worker that died; its chargers reconnect to the new one. One that keeps
+        dying (a broken shard file, a full disk) is retried less and less often, so its log
+        stays readable, while the other workers go on serving their chargers."""
         while not self.stopping:
             await asyncio.sleep(0.5)
+            now = time.monotonic()
             for worker in self.workers:
-                if not worker.alive and not self.stopping:
-                    log.error("worker %d exited with %s: restarting it", worker.index, worker.process.returncode)
+                if worker.alive or self.stopping:
+                    continue
+                if worker.restart_at is None:  # found dead just now
+                    ran = now - worker.started_at
+                    worker.failures_in_a_row = 0 if ran >= STABLE_SECONDS else worker.failures_in_a_row + 1
+                    delay = restart_delay(worker.failures_in_a_row)
+                    worker.restart_at = now + delay
                     worker.close_channel()
-                    await asyncio.sleep(RESTART_DELAY)
-                    if not self.stopping:
-                        worker.start()
+                    log.error("worker %d exited with %s after %.1fs: restarting it in %.0fs%s", worker.index,
+                              worker.process.returncode, ran, delay,
+                              f" ({worker.failures_in_a_row} failures in a row)" if worker.failures_in_a_row > 1 else "")
+                elif now >= worker.restart_at:
+                    worker.start()
 
     async def stop(self) -> int:
         self.stopping = True

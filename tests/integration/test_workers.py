@@ -206,3 +206,42 @@ async def test_workers_stop_when_the_supervisor_is_killed(levity):
     else:
         pytest.fail(f"workers {pids} still running without their supervisor:\n{server.log()}")
     assert "shutting down" in server.log()  # each worker stopped the normal way
+
+
+async def test_a_worker_that_cannot_start_is_retried_less_often_while_the_others_serve(levity):
+    server = levity(WORKERS)
+    victim = next(cp for cp in IDS if worker_index(cp, 2) == 1)
+    survivor = next(cp for cp in IDS if worker_index(cp, 2) == 0)
+    transaction_id = await start(server.url, victim, 1000)
+    database = shard(server, 1)
+    os.kill(worker_pids(server)[1], signal.SIGKILL)
+    database.rename(database.with_suffix(".away"))
+    database.mkdir()  # SQLite cannot open a directory: every restart of worker 1 fails
+    for _ in range(150):
+        if "restarting it in 4s (3 failures in a row)" in server.log():
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("no backoff:\n" + server.log())
+    log = server.log()
+    assert log.index("restarting it in 1s") < log.index("restarting it in 2s (2 failures in a row)")
+    assert f"[worker 1] levity.workers: cannot open the database {database}" in log
+    assert "Traceback" not in log
+    metrics = server.metrics()
+    assert metrics["levity_workers_up"] == 1
+    assert metrics["levity_worker_restarts"] == 2
+    async with raw_charge_point(server.url, survivor) as cp:  # worker 0 serves on
+        assert (await cp.call("h", "Heartbeat", {}))[0] == 3
+
+    database.rmdir()
+    database.with_suffix(".away").rename(database)
+    for _ in range(100):
+        if server.metrics()["levity_workers_up"] == 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("worker 1 not back:\n" + server.log())
+    await stop(server.url, victim, transaction_id, 1500)
+    assert server.stop() == 0
+    [(meter_stop,)] = rows(database, f"SELECT meter_stop FROM transactions WHERE id = {transaction_id}")
+    assert meter_stop == 1500

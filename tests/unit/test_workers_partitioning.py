@@ -6,7 +6,8 @@ import pytest
 
 from levity.config import ConfigError, Settings
 from levity.store import Store
-from levity.workers import _is_upgrade, _request_path, check_layout, check_settings, worker_index, worker_settings
+from levity.workers import (RESTART_DELAY_MAX, _is_upgrade, _request_path, check_layout, check_settings, restart_delay,
+                            shard_name, shard_workers, worker_index, worker_settings)
 
 
 def test_worker_index_is_crc32_of_the_id_so_it_never_changes_between_runs():
@@ -79,3 +80,17 @@ def test_request_head_parsing():
     assert _is_upgrade(head)
     assert not _is_upgrade(b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
     assert _request_path(b"garbage\r\n") is None
+
+
+def test_shard_names_are_recognised_only_in_full():
+    assert shard_workers(shard_name(2, 4)) == 4
+    assert shard_workers(f"levity.{shard_name(0, 3)}.db", "levity.", ".db") == 3
+    for name in ("levity.db", "levity.shard0-of-3.db.bak", "other.shard0-of-3.db", "shard-of-2", "xshard0-of-2"):
+        assert shard_workers(name, "levity.", ".db") is None, name
+
+
+def test_a_worker_that_keeps_failing_is_restarted_less_and_less_often():
+    delays = [restart_delay(failures) for failures in range(0, 9)]
+    assert delays[:5] == [1.0, 1.0, 2.0, 4.0, 8.0]  # 0: it had been running fine
+    assert delays[-1] == RESTART_DELAY_MAX
+    assert delays == sorted(delays)
