@@ -36,6 +36,15 @@ def worker_pids(server) -> list[int]:
         return [int(pid) for pid in f.read().split()]
 
 
+async def eventually(condition, seconds: float, failure: str, server) -> None:
+    """Wait until condition() holds; fail with `failure` and the server's log after `seconds`."""
+    for _ in range(int(seconds * 10)):
+        if condition():
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{failure}:\n{server.log()}")
+
+
 async def start(url, charge_point_id, meter_start):
     async with raw_charge_point(url, charge_point_id) as cp:
         assert (await cp.call("b", "BootNotification", BOOT))[2]["status"] == "Accepted"
@@ -121,12 +130,8 @@ async def test_a_worker_that_dies_is_restarted_and_its_state_kept(levity):
     pids = worker_pids(server)
     assert len(pids) == 2
     os.kill(pids[1], signal.SIGKILL)  # workers start in index order
-    for _ in range(100):
-        if server.metrics().get("levity_worker_restarts") == 1 and server.metrics()["levity_workers_up"] == 2:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail("worker not restarted:\n" + server.log())
+    await eventually(lambda: server.metrics().get("levity_worker_restarts") == 1
+                     and server.metrics()["levity_workers_up"] == 2, 10, "worker not restarted", server)
     await stop(server.url, victim, transaction_id, 1500)
     assert server.stop() == 0
     [(meter_stop,)] = rows(shard(server, 1), f"SELECT meter_stop FROM transactions WHERE id = {transaction_id}")
@@ -199,12 +204,8 @@ async def test_workers_stop_when_the_supervisor_is_killed(levity):
     server = levity(WORKERS)
     pids = worker_pids(server)
     server.kill()  # SIGKILL: no chance to stop the workers itself
-    for _ in range(100):
-        if all(_gone(pid) for pid in pids):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail(f"workers {pids} still running without their supervisor:\n{server.log()}")
+    await eventually(lambda: all(_gone(pid) for pid in pids), 10,
+                     f"workers {pids} still running without their supervisor", server)
     assert "shutting down" in server.log()  # each worker stopped the normal way
 
 
@@ -217,12 +218,7 @@ async def test_a_worker_that_cannot_start_is_retried_less_often_while_the_others
     os.kill(worker_pids(server)[1], signal.SIGKILL)
     database.rename(database.with_suffix(".away"))
     database.mkdir()  # SQLite cannot open a directory: every restart of worker 1 fails
-    for _ in range(150):
-        if "restarting it in 4s (3 failures in a row)" in server.log():
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail("no backoff:\n" + server.log())
+    await eventually(lambda: "restarting it in 4s (3 failures in a row)" in server.log(), 15, "no backoff", server)
     log = server.log()
     assert log.index("restarting it in 1s") < log.index("restarting it in 2s (2 failures in a row)")
     assert f"[worker 1] levity.workers: cannot open the database {database}" in log
@@ -235,12 +231,7 @@ async def test_a_worker_that_cannot_start_is_retried_less_often_while_the_others
 
     database.rmdir()
     database.with_suffix(".away").rename(database)
-    for _ in range(100):
-        if server.metrics()["levity_workers_up"] == 2:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail("worker 1 not back:\n" + server.log())
+    await eventually(lambda: server.metrics()["levity_workers_up"] == 2, 10, "worker 1 not back", server)
     await stop(server.url, victim, transaction_id, 1500)
     assert server.stop() == 0
     [(meter_stop,)] = rows(database, f"SELECT meter_stop FROM transactions WHERE id = {transaction_id}")
