@@ -19,6 +19,7 @@ import gc
 import logging
 import os
 import re
+import resource
 import signal
 import sqlite3
 import ssl
@@ -339,9 +340,32 @@ def configure_logging(level: str, prefix: str = "") -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
+OPEN_FILES_MARGIN = 256  # descriptors besides the chargers': database, spool, Fluentd, listeners
+
+
+def raise_open_files_limit(max_connections: int) -> None:
+    """Lift the soft limit on open files up to what LEVITY_MAX_CONNECTIONS needs (shells
+    start with 1024, so the 1,000th charger would otherwise be refused), within the hard limit."""
+    needed = max_connections + OPEN_FILES_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:  # e.g. a seccomp filter without @resources
+            log.warning("cannot raise the open files limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("the open files limit (%d) is below LEVITY_MAX_CONNECTIONS (%d) + %d: chargers beyond about "
+                    "%d get no connection; raise it (ulimit -n, systemd LimitNOFILE=) or lower "
+                    "LEVITY_MAX_CONNECTIONS", soft, max_connections, OPEN_FILES_MARGIN,
+                    max(0, soft - OPEN_FILES_MARGIN))
+
+
 def run(settings: Settings) -> int:
     configure_logging(settings.log_level)
     os.umask(0o077)  # database, spool and audit files hold personal data: owner only
+    raise_open_files_limit(settings.max_connections)
     from levity.workers import check_settings, run_supervisor
 
     check_settings(settings)  # also with one worker: refuses files sharded for several
