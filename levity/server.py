@@ -320,6 +320,7 @@ async def serve_until_signalled(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, central.sink.reopen)  # logrotate's postrotate
     await stop.wait()
     await central.stop()
 

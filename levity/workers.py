@@ -341,14 +341,17 @@ class Supervisor:
                 elif now >= worker.restart_at:
                     worker.start()
 
+    def signal_workers(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.alive:
+                worker.process.send_signal(signum)
+
     async def stop(self) -> int:
         self.stopping = True
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.listener.fileno())
         self.listener.close()
-        for worker in self.workers:
-            if worker.alive:
-                worker.process.send_signal(signal.SIGTERM)
+        self.signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + SHUTDOWN_SECONDS
         while any(w.alive for w in self.workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -425,6 +428,7 @@ async def _supervise(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, supervisor.signal_workers, signal.SIGHUP)
     await stop.wait()
     log.info("shutting down %d workers", len(supervisor.workers))
     return await supervisor.stop()
@@ -500,6 +504,7 @@ async def _work(settings: Settings, index: int, workers: int, channel: socket.so
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, central.sink.reopen)
     await stop.wait()
     connections.stop()
     await central.stop()

@@ -137,6 +137,9 @@ class ForwardSink:
         self._urgent.set()
         await asyncio.shield(future)
 
+    def reopen(self) -> None:
+        pass  # the spool is Levity's own: nothing rotates it
+
     def _drop_late(self) -> None:
         self._late_drops += 1
         if self._late_drops == 1:

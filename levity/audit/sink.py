@@ -30,6 +30,10 @@ class AuditSink(Protocol):
 
     def stats(self) -> dict[str, int]: ...
 
+    def reopen(self) -> None:
+        """SIGHUP: start again on a file that logrotate moved away (only a file has one)."""
+        ...
+
     @property
     def accepting(self) -> bool:
         """False while new charger connections should be refused (spool full, overflow=block)."""
@@ -57,25 +61,45 @@ class NullSink:
     def stats(self) -> dict[str, int]:
         return {"emitted": self._emitted}
 
+    def reopen(self) -> None:
+        pass
+
 
 class JsonLinesSink:
     """One JSON object per line: {"tag", "time", "record"}, on stdout or appended to a file.
 
     Lets `levity serve` do its job on a bare machine; a log shipper (or Fluentd's in_tail)
     can pick the file up. Writes are line-buffered, so an event is out when emit returns.
+    After logrotate moves the file away, SIGHUP makes Levity carry on in a new one (reopen).
     """
 
     accepting = True
 
-    def __init__(self, stream: IO[str], owns_stream: bool = False):
+    def __init__(self, stream: IO[str], owns_stream: bool = False, path: str | None = None):
         self._stream = stream
         self._owns_stream = owns_stream
+        self._path = path
         self._emitted = 0
         self._failed = 0
 
     @classmethod
     def to_file(cls, path: str) -> "JsonLinesSink":
-        return cls(open(path, "a", encoding="utf-8", buffering=1), owns_stream=True)
+        return cls(open(path, "a", encoding="utf-8", buffering=1), owns_stream=True, path=path)
+
+    def reopen(self) -> None:
+        if self._path is None:
+            return
+        try:
+            stream = open(self._path, "a", encoding="utf-8", buffering=1)
+        except OSError as exc:
+            log.error("audit file: cannot reopen %s (%s); writing on to the old one", self._path, exc)
+            return
+        old, self._stream = self._stream, stream
+        try:
+            old.close()
+        except (OSError, ValueError):
+            pass
+        log.info("audit file %s reopened", self._path)
 
     async def start(self) -> None:
         pass
