@@ -337,6 +337,7 @@ def levity_image():
     if podman("image", "exists", BASE_IMAGE, check=False).returncode != 0:
         pytest.skip(f"{BASE_IMAGE} is missing: run scripts/test-host-setup.sh")
     tag = f"localhost/levity-test:{uuid.uuid4().hex[:8]}"
+    dangling_before = dangling_images()
     started = time.monotonic()
     # --format docker keeps the HEALTHCHECK instruction (the OCI format has none).
     build = subprocess.run(
@@ -347,6 +348,15 @@ def levity_image():
     print(f"\nlevity image build: {time.monotonic() - started:.1f}s")
     yield tag
     podman("rmi", "-f", tag, check=False)
+    # The builder stage stays behind untagged (about 400 MB a run): remove what this build left.
+    left = dangling_images() - dangling_before
+    if left:
+        podman("rmi", *sorted(left), check=False)
+
+
+def dangling_images() -> set[str]:
+    listed = podman("images", "--quiet", "--no-trunc", "--filter", "dangling=true", check=False)
+    return set(listed.stdout.split())
 
 
 @pytest.fixture
