@@ -84,13 +84,13 @@ class JsonLinesSink:
 
     @classmethod
     def to_file(cls, path: str) -> "JsonLinesSink":
-        return cls(open(path, "a", encoding="utf-8", buffering=1), owns_stream=True, path=path)
+        return cls(_open_for_append(path), owns_stream=True, path=path)
 
     def reopen(self) -> None:
         if self._path is None:
             return
         try:
-            stream = open(self._path, "a", encoding="utf-8", buffering=1)
+            stream = _open_for_append(self._path)
         except OSError as exc:
             log.error("audit file: cannot reopen %s (%s); writing on to the old one", self._path, exc)
             return
@@ -128,6 +128,10 @@ class JsonLinesSink:
 
     def stats(self) -> dict[str, int]:
         return {"emitted": self._emitted, "dropped": self._failed}
+
+
+def _open_for_append(path: str) -> IO[str]:
+    return open(path, "a", encoding="utf-8", buffering=1)  # line-buffered: each event out at once
 
 
 def make_sink(settings: Settings) -> AuditSink:
