@@ -259,6 +259,9 @@ class Store:
             "SELECT id FROM transactions WHERE charge_point_id = ? AND stopped_at IS NULL ORDER BY id",
             (charge_point_id,))]
 
+    def open_transaction_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM transactions WHERE stopped_at IS NULL").fetchone()[0]
+
     # Meter values --------------------------------------------------------------------------
 
     def add_meter_values(self, charge_point_id: str, connector_id: int, transaction_id: int | None,

@@ -138,7 +138,7 @@ def test_filter_renders_exactly_what_the_generator_renders():
         info = levity_fluentd.levity_fluentd_profile_info(name)
         assert info["problems"] == []
     production = levity_fluentd.levity_fluentd_profile_info("production")
-    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-s3"]
+    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-prometheus", "fluent-plugin-s3"]
     assert "FLUENTD_SHARED_KEY" in production["environment"]
     assert "/etc/fluent/tls/fluentd.key" in production["files"]
     from ansible.errors import AnsibleFilterError
