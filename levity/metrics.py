@@ -27,12 +27,13 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from typing import Callable, Iterable
 
 from prometheus_client import (CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram,
                                disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
-from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import REGISTRY as _DEFAULT_REGISTRY
 
@@ -227,6 +228,9 @@ class WorkerFilesCollector(MultiProcessCollector):
         return self.merge(readable, accumulate=True)
 
 
+RETIRED = "retired"  # in place of a pid: the counts of every worker that died, in one file per type
+
+
 class WorkerMetrics:
     """The supervisor's side of multiprocess mode: the private directory and its registry."""
 
@@ -235,16 +239,47 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         WorkerFilesCollector(self.registry, path=self.path)
         self.registry.register(LevityCollector(workers))
+        self._files_lock = threading.Lock()  # a scrape (executor thread) never sees a half-retired worker
 
     def worker_environment(self) -> dict[str, str]:
         return {**os.environ, MULTIPROC_ENV: self.path}
 
     def worker_died(self, pid: int) -> None:
-        """Its gauges leave the sums; its counters stay."""
-        mark_process_dead(pid, self.path)
+        """Its gauges leave the sums; its counters stay. They are added into one file per type
+        (`counter_retired.db`, ...), so a worker restarted again and again does not leave a file
+        per life for every scrape to read."""
+        with self._files_lock:
+            mark_process_dead(pid, self.path)
+            for kind in ("counter", "histogram"):
+                try:
+                    self._retire(kind, pid)
+                except Exception:  # noqa: BLE001 - its file then stays, and is still summed
+                    log.exception("metrics: could not fold the %s file of worker process %d", kind, pid)
+
+    def _retire(self, kind: str, pid: int) -> None:
+        dead = os.path.join(self.path, f"{kind}_{pid}.db")
+        if not os.path.exists(dead):
+            return
+        retired = os.path.join(self.path, f"{kind}_{RETIRED}.db")
+        merged = MultiProcessCollector.merge([p for p in (retired, dead) if os.path.exists(p)], accumulate=False)
+        staging = os.path.join(self.path, f"{kind}_{RETIRED}.new")  # not *.db: no scrape reads it
+        if os.path.exists(staging):  # left by a supervisor that died while writing it
+            os.unlink(staging)
+        values = MmapedDict(staging)
+        try:
+            for metric in merged:
+                for sample in metric.samples:
+                    key = mmap_key(metric.name, sample.name, list(sample.labels), list(sample.labels.values()),
+                                   metric.documentation)
+                    values.write_value(key, sample.value, 0.0)
+        finally:
+            values.close()
+        os.replace(staging, retired)
+        os.unlink(dead)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        with self._files_lock:
+            return generate_latest(self.registry)
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
