@@ -282,6 +282,33 @@ def test_setup_script_fails_loudly_when_elasticsearch_refuses():
     assert "HTTP 400" in result.stderr and "x_content_parse_exception" in result.stderr
 
 
+def test_setup_script_fails_when_kibana_imports_the_dashboard_only_in_part():
+    """Kibana answers an import with 200 and "success": false when objects fail: setup says so."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+
+    class PartialImport(_FakeElastic):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path.startswith("/api/saved_objects/_import"):
+                self._answer(200, {"success": False, "errors": [{"id": "levity-overview", "error": {"type": "conflict"}}]})
+            else:
+                self.requests.append(("POST", self.path, dict(self.headers), body))
+                self._answer(200, {"acknowledged": True})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PartialImport)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=60,
+                                env={"PATH": os.environ["PATH"], "ELASTICSEARCH_URL": url, "KIBANA_URL": url,
+                                     "SHARE_DIR": str(SHARE)})
+    finally:
+        server.shutdown()
+    assert result.returncode != 0
+    assert "did not import the dashboard" in result.stderr and "conflict" in result.stderr
+
+
 # The compose profile of the generator ----------------------------------------------------
 
 def render_compose_profile() -> str:
