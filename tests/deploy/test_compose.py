@@ -263,21 +263,26 @@ def test_setup_script_installs_the_shared_files_through_the_apis():
     assert "curl -X DELETE http://localhost:9200/ocpp_events-2024.01.15" in result.stderr
 
 
+def run_setup_against(handler) -> subprocess.CompletedProcess:
+    """setup.sh against a stand-in of Elasticsearch and Kibana answering with `handler`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        return subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=60,
+                              env={"PATH": os.environ["PATH"], "ELASTICSEARCH_URL": url, "KIBANA_URL": url,
+                                   "SHARE_DIR": str(SHARE)})
+    finally:
+        server.shutdown()
+
+
 def test_setup_script_fails_loudly_when_elasticsearch_refuses():
     class Refusing(_FakeElastic):
         def do_PUT(self):  # noqa: N802
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             self._answer(400, {"error": {"type": "x_content_parse_exception"}})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        result = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=60,
-                                env={"PATH": os.environ["PATH"], "ELASTICSEARCH_URL": url, "KIBANA_URL": url,
-                                     "SHARE_DIR": str(SHARE)})
-    finally:
-        server.shutdown()
+    result = run_setup_against(Refusing)
     assert result.returncode != 0
     assert "HTTP 400" in result.stderr and "x_content_parse_exception" in result.stderr
 
@@ -291,20 +296,13 @@ def test_setup_script_fails_when_kibana_imports_the_dashboard_only_in_part():
         def do_POST(self):  # noqa: N802
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.path.startswith("/api/saved_objects/_import"):
-                self._answer(200, {"success": False, "errors": [{"id": "levity-overview", "error": {"type": "conflict"}}]})
+                errors = [{"id": "levity-overview", "error": {"type": "conflict"}}]
+                self._answer(200, {"success": False, "errors": errors})
             else:
                 self.requests.append(("POST", self.path, dict(self.headers), body))
                 self._answer(200, {"acknowledged": True})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), PartialImport)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        result = subprocess.run(["bash", str(SETUP_SCRIPT)], capture_output=True, text=True, timeout=60,
-                                env={"PATH": os.environ["PATH"], "ELASTICSEARCH_URL": url, "KIBANA_URL": url,
-                                     "SHARE_DIR": str(SHARE)})
-    finally:
-        server.shutdown()
+    result = run_setup_against(PartialImport)
     assert result.returncode != 0
     assert "did not import the dashboard" in result.stderr and "conflict" in result.stderr
 
