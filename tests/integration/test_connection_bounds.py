@@ -52,8 +52,11 @@ async def test_flood_client_is_paused_memory_stays_bounded_and_others_are_served
         paused = 'levity_connections_reading_paused{reason="queue"}'
         # Either the server read the whole flood (unbounded) or it stopped reading this socket.
         await wait_until(lambda: sender.done() or server.metrics().get(paused, 0) >= 1, "the flood to be held")
+        grown = proc_status_bytes(pid, "VmHWM") - baseline
+        assert grown < RSS_GROWTH_BOUND and not sender.done(), \
+            f"the server read {sent} frames and grew {grown >> 20} MiB from {baseline >> 20} MiB"
         metrics = server.metrics()
-        assert metrics[paused] == 1 and not sender.done(), f"the server read all {sent} frames"
+        assert metrics[paused] == 1
         assert metrics["levity_queued_bytes"] <= metrics["levity_limit_max_queued_bytes"] + (1 << 20)
         # Everyone else is still served while the flood is held.
         for i in range(20):
