@@ -286,7 +286,8 @@ class CentralSystem:
             lines.append(f'levity_reading_pauses_total{{reason="{reason}"}} {self.reading_pauses.get(reason, 0)}')
         for name, value in sorted(self.auth_stats.items()):
             lines.append(f"levity_auth_{name} {value}")
-        lines.append(f"levity_auth_failure_table_entries {len(self.auth_failures_by_id) + len(self.auth_failures_by_address)}")
+        entries = len(self.auth_failures_by_id) + len(self.auth_failures_by_address)
+        lines.append(f"levity_auth_failure_table_entries {entries}")
         return lines
 
     # Backpressure from the audit spool ------------------------------------------------------
