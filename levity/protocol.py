@@ -96,6 +96,7 @@ class Reply:
     unique_id: str
     payload: Any
     error_code: str | None = None
+    error_description: str = ""
 
 
 INT64 = range(-(2**63), 2**63)
@@ -210,9 +211,26 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if message_type == CALLRESULT and len(message) == 3:
         return Reply(CALLRESULT, unique_id, message[2])
     if message_type == CALLERROR and len(message) == 5:
-        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]))
+        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]),
+                     error_description=str(message[3])[:MAX_DESCRIPTION_LENGTH])
     raise CallError("FormationViolation", f"unknown MessageTypeId or wrong length: {str(message_type)[:20]}",
                     unique_id)
+
+
+def compile_schema(name: str, adjust: Callable[[dict], None] | None = None) -> Callable[[Any], Any]:
+    """The bundled OCA schema `name` (e.g. `Reset`, `ResetResponse`) compiled with fastjsonschema."""
+    schema = json.loads((_SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8-sig"))
+    if adjust is not None:
+        adjust(schema)
+    # Timestamps are not format-checked, as the ocpp library does not either: chargers in
+    # the field send many ISO 8601 variants and refusing them would lose their data.
+    return fastjsonschema.compile(schema, formats={"date-time": lambda value: True})
+
+
+def schema_error_text(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    """A schema failure in words naming the property (`type must be one of ...`)."""
+    field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
+    return exc.message.replace(exc.name or "", field, 1)
 
 
 class PayloadValidator:
@@ -223,12 +241,9 @@ class PayloadValidator:
         self._lenient_measurands = lenient_measurands
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
-        schema = json.loads((_SCHEMA_DIR / f"{action}.json").read_text(encoding="utf-8-sig"))
-        if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
-            _relax_sampled_value_enums(schema)
-        # Timestamps are not format-checked, as the ocpp library does not either: chargers in
-        # the field send many ISO 8601 variants and refusing them would lose their data.
-        return fastjsonschema.compile(schema, formats={"date-time": lambda value: True})
+        adjust = _relax_sampled_value_enums if self._lenient_measurands and action in (
+            "MeterValues", "StopTransaction") else None
+        return compile_schema(action, adjust)
 
     def compile(self, actions) -> None:
         """Compile ahead of the first call (about 60 ms for all ten)."""
@@ -247,9 +262,7 @@ class PayloadValidator:
             validator(call.payload)
         except fastjsonschema.JsonSchemaValueException as exc:
             code = _RULE_TO_CODE.get(exc.rule, "PropertyConstraintViolation")
-            field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
-            raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
-                            call.unique_id) from None
+            raise CallError(code, f"{call.action}: {schema_error_text(exc)}", call.unique_id) from None
         if call.may_hold_large_integers:
             oversized = _oversized_integer(call.payload)
         else:
