@@ -19,7 +19,7 @@ from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16 import call, call_result
 
 from levity.audit.events import conformance_errors
-from levity.commands import CENTRAL_SYSTEM_ACTIONS
+from levity.commands import CENTRAL_SYSTEM_ACTIONS, MAX_WAITING_CALLS
 from levity.workers import worker_index
 from tests.integration.test_lossless_delivery import fluentd_env
 from tests.support.forward_receiver import ForwardReceiver
@@ -316,6 +316,18 @@ async def test_one_outstanding_call_per_charger_and_a_disconnect_ends_the_call(l
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))[:2] == [3, "hb"]
         await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
         assert (await pending).json() == {"status": "Accepted"}
+
+        # At most MAX_WAITING_CALLS wait behind the outstanding one; more are refused (503).
+        crowd = [asyncio.create_task(api.post("/charge-points/CP-RAW/calls/ClearCache?timeout=60", json={}))
+                 for _ in range(MAX_WAITING_CALLS + 2)]
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        refused = await asyncio.wait_for(next(asyncio.as_completed(crowd)), 20)
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        await ws.send(json.dumps([3, first[1], {"status": "Accepted"}]))
+        for _ in range(MAX_WAITING_CALLS):
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            await ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+        assert sorted(r.status_code for r in await asyncio.gather(*crowd)) == [200] * (MAX_WAITING_CALLS + 1) + [503]
 
         # The charger goes away mid-call: the call ends at once, not after its 60 s timeout.
         stranded = asyncio.create_task(api.post("/charge-points/CP-RAW/calls/Reset?timeout=60", json={"type": "Soft"}))
