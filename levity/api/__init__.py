@@ -10,6 +10,9 @@ async def serve_api(settings, backend, tokens, schemas):
     from levity.api.listener import ApiListener
     from levity.server import StartupError
 
+    if settings.api_port == settings.port:
+        raise StartupError(f"LEVITY_API_PORT ({settings.api_port}) is the chargers' port LEVITY_PORT: the operator "
+                           "API needs a port of its own (default 9001; 0 turns it off)")
     listener = ApiListener(create_app(backend, tokens, schemas, settings.max_frame_bytes),
                            settings.api_host, settings.api_port)
     try:

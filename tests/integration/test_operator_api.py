@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 
 import httpx
@@ -396,3 +397,15 @@ async def test_two_workers_route_calls_to_the_owner(levity, receiver):
 
 async def server_metrics(server):
     return await asyncio.to_thread(server.metrics)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_api_port_that_cannot_be_had_stops_levity_with_a_clear_error(levity, workers):
+    server = levity({"LEVITY_WORKERS": workers}, start=False)
+    server.env["LEVITY_API_PORT"] = str(server.port)
+    same = server.levity_command("serve")
+    assert same.returncode == 1 and "LEVITY_API_PORT" in same.stderr and "chargers' port" in same.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        server.env["LEVITY_API_PORT"] = str(taken.getsockname()[1])
+        busy = server.levity_command("serve")
+    assert busy.returncode == 1 and "operator API" in busy.stderr and "LEVITY_API_PORT" in busy.stderr
