@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 from websockets.http11 import Request, Response
 
 from levity import __version__
+from levity.api.local import LocalOperations
 from levity.audit.events import EventFactory, IdTagPolicy
 from levity.auth import CredentialCache, certificate_common_name, parse_basic_auth, verify_password
 from levity.audit.sink import AuditSink, make_sink, wait_closed
@@ -110,8 +111,6 @@ class CentralSystem:
         self._server: asyncio.Server | None = None
         self.accepting_connections = True
         self._keepalive_task: asyncio.Task | None = None
-        from levity.api.local import LocalOperations
-
         self.command_schemas = CommandSchemas()
         self.operations = LocalOperations(self)  # what the operator API asks of this process
         self.api_listener = None
