@@ -40,6 +40,33 @@ CENTRAL_SYSTEM_ACTIONS: dict[str, str] = {
     "TriggerMessage": "Remote Trigger",
 }
 
+# A valid request of each call: the OpenAPI document's examples (and what the tests send).
+EXAMPLE_REQUESTS: dict[str, dict] = {
+    "ChangeAvailability": {"connectorId": 1, "type": "Inoperative"},
+    "ChangeConfiguration": {"key": "HeartbeatInterval", "value": "60"},
+    "ClearCache": {},
+    "DataTransfer": {"vendorId": "Acme", "messageId": "ping", "data": "x"},
+    "GetConfiguration": {"key": ["HeartbeatInterval"]},
+    "RemoteStartTransaction": {"connectorId": 1, "idTag": "USER-123"},
+    "RemoteStopTransaction": {"transactionId": 1},
+    "Reset": {"type": "Soft"},
+    "UnlockConnector": {"connectorId": 1},
+    "GetDiagnostics": {"location": "ftp://diagnostics.example.org/upload"},
+    "UpdateFirmware": {"location": "https://firmware.example.org/fw.bin", "retrieveDate": "2024-01-15T10:00:00Z"},
+    "GetLocalListVersion": {},
+    "SendLocalList": {"listVersion": 1, "updateType": "Full",
+                      "localAuthorizationList": [{"idTag": "USER-9", "idTagInfo": {"status": "Accepted"}}]},
+    "ReserveNow": {"connectorId": 1, "expiryDate": "2024-01-15T12:00:00Z", "idTag": "USER-1", "reservationId": 7},
+    "CancelReservation": {"reservationId": 7},
+    "SetChargingProfile": {"connectorId": 1, "csChargingProfiles": {
+        "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Absolute", "chargingSchedule": {
+            "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}]}}},
+    "ClearChargingProfile": {},
+    "GetCompositeSchedule": {"connectorId": 1, "duration": 3600},
+    "TriggerMessage": {"requestedMessage": "StatusNotification", "connectorId": 1},
+}
+
 MAX_WAITING_CALLS = 16  # per charger, behind the one outstanding: more are refused (Busy)
 DEFAULT_TIMEOUT = 30.0
 

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from levity import __version__
 from levity.api.models import ChargePoint, ChargePointDetail, Problem, Transaction
 from levity.api.tokens import TokenStore
-from levity.commands import CENTRAL_SYSTEM_ACTIONS, DEFAULT_TIMEOUT, CommandSchemas, Unavailable
+from levity.commands import CENTRAL_SYSTEM_ACTIONS, DEFAULT_TIMEOUT, EXAMPLE_REQUESTS, CommandSchemas, Unavailable
 from levity.protocol import CHARGE_POINT_ACTIONS
 
 PREFIX = "/api/v1"
@@ -142,8 +142,10 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
                     + ". 200 carries the charger's CALLRESULT payload.",
         responses={200: {"description": "the charger's CALLRESULT payload", "content": {"application/json": {
             "schema": {"type": "object"}}}}, **_problems(400, 401, 403, 404, 409, 502, 503, 504)},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "description": "the OCPP payload of the call"}}}}})
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"type": "object", "description": "the OCPP 1.6 payload of the call"},
+            "examples": {action: {"summary": f"{action} ({profile})", "value": EXAMPLE_REQUESTS[action]}
+                         for action, profile in CENTRAL_SYSTEM_ACTIONS.items()}}}}})
     async def send_call(
             request: Request, charge_point_id: str = Path(), action: str = Path(description=actions),
             timeout: float = Query(DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT, description="seconds to wait for the answer"),
@@ -155,9 +157,7 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
             hint = (f"{action} is sent by charge points, not to them" if action in CHARGE_POINT_ACTIONS
                     else f"{action[:40]!r} is not a call a central system sends in OCPP 1.6")
             raise ProblemError(404, f"{hint}; the calls are: {actions} (spelled as OCPP does)")
-        body = await request.body()
-        if len(body) > max_payload_bytes:
-            raise ProblemError(400, f"the payload has {len(body)} bytes; at most {max_payload_bytes} are sent to a charger")
+        body = await _body(request, max_payload_bytes)
         try:
             payload = json.loads(body, parse_constant=_no_constant) if body.strip() else None
         except (ValueError, RecursionError) as exc:
@@ -172,6 +172,18 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
         return _call_response(charge_point_id, action, answer, timeout)
 
     return app
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, read no further than `limit` bytes (a huge body is refused, not buffered)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ProblemError(400, f"the payload is larger than {limit} bytes, the most Levity sends a charger "
+                               "(LEVITY_MAX_FRAME_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _no_constant(name: str):

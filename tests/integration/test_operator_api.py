@@ -20,38 +20,13 @@ from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16 import call, call_result
 
 from levity.audit.events import conformance_errors
-from levity.commands import CENTRAL_SYSTEM_ACTIONS, MAX_WAITING_CALLS
+from levity.commands import CENTRAL_SYSTEM_ACTIONS, EXAMPLE_REQUESTS, MAX_WAITING_CALLS
 from levity.workers import worker_index
 from tests.integration.test_lossless_delivery import fluentd_env
 from tests.support.forward_receiver import ForwardReceiver
 from tests.support.levity_process import api_env
 
-# A valid request for every call a central system sends, and the charger's answer to it.
-REQUESTS: dict[str, dict] = {
-    "ChangeAvailability": {"connectorId": 1, "type": "Inoperative"},
-    "ChangeConfiguration": {"key": "HeartbeatInterval", "value": "60"},
-    "ClearCache": {},
-    "DataTransfer": {"vendorId": "Acme", "messageId": "ping", "data": "x"},
-    "GetConfiguration": {"key": ["HeartbeatInterval"]},
-    "RemoteStartTransaction": {"connectorId": 1, "idTag": "USER-123"},
-    "RemoteStopTransaction": {"transactionId": 1},
-    "Reset": {"type": "Soft"},
-    "UnlockConnector": {"connectorId": 1},
-    "GetDiagnostics": {"location": "ftp://diagnostics.example.org/upload"},
-    "UpdateFirmware": {"location": "https://firmware.example.org/fw.bin", "retrieveDate": "2024-01-15T10:00:00Z"},
-    "GetLocalListVersion": {},
-    "SendLocalList": {"listVersion": 1, "updateType": "Full",
-                      "localAuthorizationList": [{"idTag": "USER-9", "idTagInfo": {"status": "Accepted"}}]},
-    "ReserveNow": {"connectorId": 1, "expiryDate": "2024-01-15T12:00:00Z", "idTag": "USER-1", "reservationId": 7},
-    "CancelReservation": {"reservationId": 7},
-    "SetChargingProfile": {"connectorId": 1, "csChargingProfiles": {
-        "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
-        "chargingProfileKind": "Absolute", "chargingSchedule": {
-            "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}]}}},
-    "ClearChargingProfile": {},
-    "GetCompositeSchedule": {"connectorId": 1, "duration": 3600},
-    "TriggerMessage": {"requestedMessage": "StatusNotification", "connectorId": 1},
-}
+REQUESTS = EXAMPLE_REQUESTS  # every call a central system sends, as the API documents it
 ANSWERS = {
     "ChangeAvailability": call_result.ChangeAvailability(status="Accepted"),
     "ChangeConfiguration": call_result.ChangeConfiguration(status="Accepted"),
@@ -203,7 +178,9 @@ async def test_status_table_roles_and_reads(levity, receiver):
             assert response.json()["status"] == 401 and "token" in response.json()["detail"].lower()
         spec = await reader.get("/openapi.json")
         assert spec.status_code == 200 and spec.json()["openapi"].startswith("3.1")
-        assert "/api/v1/charge-points/{charge_point_id}/calls/{action}" in spec.json()["paths"]
+        call_doc = spec.json()["paths"]["/api/v1/charge-points/{charge_point_id}/calls/{action}"]["post"]
+        assert set(call_doc["requestBody"]["content"]["application/json"]["examples"]) == set(CENTRAL_SYSTEM_ACTIONS)
+        assert {"200", "400", "401", "403", "404", "409", "502", "504"} <= set(call_doc["responses"])
 
         async with charger(server.url, "CP001") as cp, charger(server.url, "CP-REFUSE", mode="refuse"), \
                 charger(server.url, "CP-SILENT", mode="silent"):
@@ -222,6 +199,8 @@ async def test_status_table_roles_and_reads(levity, receiver):
                                       headers={"Content-Type": "application/json"})
             assert not_json.status_code == 400 and "JSON" in not_json.json()["detail"]
             assert (await api.post("/charge-points/CP001/calls/Reset", json=["Soft"])).status_code == 400
+            huge = await api.post("/charge-points/CP001/calls/DataTransfer", json={"vendorId": "A", "data": "x" * 70000})
+            assert huge.status_code == 400 and "LEVITY_MAX_FRAME_BYTES" in huge.json()["detail"]
             bad_timeout = await api.post("/charge-points/CP001/calls/Reset?timeout=-1", json={"type": "Soft"})
             assert bad_timeout.status_code == 400 and "timeout" in bad_timeout.json()["detail"]
             # 404: unknown charge point, unknown action, an action charge points send
