@@ -312,9 +312,25 @@ async def test_one_outstanding_call_per_charger_and_a_disconnect_ends_the_call(l
         # The charger goes away mid-call: the call ends at once, not after its 60 s timeout.
         stranded = asyncio.create_task(api.post("/charge-points/CP-RAW/calls/Reset?timeout=60", json={"type": "Soft"}))
         await asyncio.wait_for(ws.recv(), 10)
+        # A call whose timeout passes while it waits for its turn is never sent.
+        queued = await api.post("/charge-points/CP-RAW/calls/UnlockConnector?timeout=0.3", json={"connectorId": 2})
+        assert queued.status_code == 504 and "not sent" in queued.json()["detail"]
         await ws.close()
         answer = await asyncio.wait_for(stranded, 20)
         assert answer.status_code == 409 and "disconnected" in answer.json()["detail"]
+    expected = 4 + 1 + 1 + MAX_WAITING_CALLS + 1 + 1 + 1  # every call sent or not_connected, none of the refused
+
+    def audited() -> list[dict]:
+        path = server.workdir / "audit.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [r for r in (json.loads(line)["record"] for line in lines) if r["event_type"] == "command"]
+
+    await wait_for(lambda: len(audited()) >= expected, 10, "ocpp.command events missing from the audit file")
+    commands = audited()
+    unsent = [r for r in commands if r["action"] == "UnlockConnector"]
+    assert [(r["outcome"], r.get("sent")) for r in unsent] == [("timeout", False)]
+    assert commands[-1]["action"] == "Reset" and commands[-1]["outcome"] == "not_connected"
+    assert len(commands) == expected
 
 
 async def test_levity_call_and_api_tokens_commands(levity):
