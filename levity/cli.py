@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Each concern registers its own sub-commands.
     from levity.fluentconf.cli import register as register_fluentd
     register_fluentd(commands)
+    from levity.api.cli import register as register_api
+    register_api(commands)
     try:
         from levity.doctor import register as register_doctor
     except ImportError:  # doctor arrives with lossless delivery

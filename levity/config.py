@@ -91,6 +91,9 @@ class Settings:
     # Serving
     host: str = opt("LEVITY_HOST", "0.0.0.0", "address to listen on")
     port: int = opt("LEVITY_PORT", 9000, "WebSocket port chargers connect to", parse=_port)
+    api_host: str = opt("LEVITY_API_HOST", "127.0.0.1",
+                        "address of the operator HTTP API (docs/operator-api.md); loopback by default")
+    api_port: int = opt("LEVITY_API_PORT", 9001, "port of the operator HTTP API; 0 turns it off", parse=_port)
     database: str = opt("LEVITY_DATABASE", "levity.db", "SQLite database file (':memory:' keeps nothing)")
     workers: int = opt(
         "LEVITY_WORKERS", 1,

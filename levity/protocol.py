@@ -102,6 +102,7 @@ class Reply:
     unique_id: str
     payload: Any
     error_code: str | None = None
+    error_description: str = ""
 
 
 INT64 = range(-(2**63), 2**63)
@@ -244,9 +245,30 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if message_type == CALLRESULT and len(message) == 3:
         return Reply(CALLRESULT, unique_id, message[2])
     if message_type == CALLERROR and len(message) == 5:
-        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]))
+        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]),
+                     error_description=str(message[3])[:MAX_DESCRIPTION_LENGTH])
     raise CallError("FormationViolation", f"unknown MessageTypeId or wrong length: {str(message_type)[:20]}",
                     unique_id)
+
+
+def _any_date_time(value: str) -> bool:
+    return True
+
+
+def compile_schema(name: str, adjust: Callable[[dict], None] | None = None,
+                   date_time: Callable[[str], bool] = _any_date_time) -> Callable[[Any], Any]:
+    """The bundled OCA schema `name` (e.g. `Reset`, `ResetResponse`) compiled with fastjsonschema.
+    `date_time` checks the fields the schema marks `format: date-time` (by default not at all)."""
+    schema = json.loads((_SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8-sig"))
+    if adjust is not None:
+        adjust(schema)
+    return fastjsonschema.compile(schema, formats={"date-time": date_time})
+
+
+def schema_error_text(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    """A schema failure in words naming the property (`type must be one of ...`)."""
+    field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
+    return exc.message.replace(exc.name or "", field, 1)
 
 
 class PayloadValidator:
@@ -258,17 +280,18 @@ class PayloadValidator:
         self._lenient_timestamps = lenient_timestamps
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
-        schema = json.loads((_SCHEMA_DIR / f"{action}.json").read_text(encoding="utf-8-sig"))
-        if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
-            _relax_sampled_value_enums(schema)
-        connector = schema.get("properties", {}).get("connectorId")
-        if connector is not None:
-            # OCPP 1.6: connectorId > 0 in StartTransaction, >= 0 elsewhere; the JSON schemas omit it.
-            connector["minimum"] = 1 if action == "StartTransaction" else 0
+        def adjust(schema: dict) -> None:
+            if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
+                _relax_sampled_value_enums(schema)
+            connector = schema.get("properties", {}).get("connectorId")
+            if connector is not None:
+                # OCPP 1.6: connectorId > 0 in StartTransaction, >= 0 elsewhere; the JSON schemas omit it.
+                connector["minimum"] = 1 if action == "StartTransaction" else 0
+
         # LEVITY_LENIENT_TIMESTAMPS: for chargers known to send other ISO 8601 variants
         # (no offset, a space for the T); their data is kept rather than refused.
-        date_time = (lambda value: True) if self._lenient_timestamps else is_rfc3339_date_time
-        return fastjsonschema.compile(schema, formats={"date-time": date_time})
+        return compile_schema(action, adjust,
+                              _any_date_time if self._lenient_timestamps else is_rfc3339_date_time)
 
     def compile(self, actions) -> None:
         """Compile ahead of the first call (about 60 ms for all ten)."""
@@ -287,9 +310,7 @@ class PayloadValidator:
             validator(call.payload)
         except fastjsonschema.JsonSchemaValueException as exc:
             code = _RULE_TO_CODE.get(exc.rule, "PropertyConstraintViolation")
-            field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
-            raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
-                            call.unique_id) from None
+            raise CallError(code, f"{call.action}: {schema_error_text(exc)}", call.unique_id) from None
         if call.may_hold_large_integers:
             oversized = _oversized_integer(call.payload)
         else:

@@ -33,11 +33,13 @@ from urllib.parse import unquote, urlsplit
 from websockets.http11 import Request, Response
 
 from levity import __version__
+from levity.api.local import LocalOperations
 from levity.audit.events import EventFactory, IdTagPolicy
 from levity.auth import (CredentialCache, FailureLimiter, certificate_common_name, parse_basic_auth,
                          verify_password)
 from levity.audit.sink import AuditSink, make_sink, wait_closed
 from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
+from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
 from levity.store import Store
@@ -81,6 +83,7 @@ class Session:
     remote_address: str
     connected_at: float = field(default_factory=time.monotonic)
     replaced: bool = False
+    sender: CallSender | None = None  # calls Levity sends it (operator API), made on the first
 
 
 class StartupError(Exception):
@@ -127,6 +130,9 @@ class CentralSystem:
         self._server: asyncio.Server | None = None
         self.accepting_connections = True
         self._keepalive_task: asyncio.Task | None = None
+        self.command_schemas = CommandSchemas()
+        self.operations = LocalOperations(self)  # what the operator API asks of this process
+        self.api_listener = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -262,6 +268,7 @@ class CentralSystem:
             lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
         lines.append(f"levity_calls_throttled {self.context.throttled}")
         lines.extend(self._limit_lines())
+        lines += self.operations.metrics_lines()
         return "\n".join(lines) + "\n"
 
     def _limit_lines(self) -> list[str]:
@@ -376,6 +383,7 @@ class CentralSystem:
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         self.context.validator.compile(ChargePoint.routes())
+        self.command_schemas.compile_all()
         try:
             await self.sink.start()
         except OSError as exc:
@@ -398,10 +406,18 @@ class CentralSystem:
         scheme = "wss" if self.ssl_context else "ws"
         log.info("Levity %s listening on %s://%s:%d/<charge_point_id> (security profile %d)", __version__, scheme,
                  settings.host, self.port, settings.security_profile)
+        if settings.api_port:
+            from levity.api import serve_api
+            from levity.api.tokens import TokenStore
+
+            self.api_listener = await serve_api(settings, self.operations, TokenStore(self.store),
+                                                self.command_schemas)
 
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
         self.accepting_connections = False
+        if self.api_listener is not None:
+            await self.api_listener.stop()
         if self._server is not None:
             self._server.close()  # stop accepting
         if self._keepalive_task is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
@@ -23,10 +24,15 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
+from levity.protocol import CallError, Reply, parse_frame
+
 if TYPE_CHECKING:
     from levity.server import CentralSystem
 
 log = logging.getLogger("levity.transport")
+
+# A CALLRESULT [3, ...] or CALLERROR [4, ...]: looked for only while a call of ours is pending.
+_REPLY_FRAME = re.compile(r"\s*\[\s*[34]\s*,")
 
 CLOSE_TIMEOUT = 10.0
 
@@ -106,6 +112,9 @@ class OcppConnection(asyncio.Protocol):
         self._message_opcode = Opcode.TEXT
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Calls Levity sent to this charger, by unique id, each waiting for its Reply
+        # (levity/commands.py); ended with ConnectionError when the connection goes.
+        self.pending_calls: dict[str, asyncio.Future] = {}
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -132,6 +141,11 @@ class OcppConnection(asyncio.Protocol):
             self._timer.cancel()
         if self.protocol.state is not CLOSED:
             self.protocol.state = CLOSED
+        if self.pending_calls:
+            pending, self.pending_calls = self.pending_calls, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the charger disconnected"))
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close(self)
@@ -191,12 +205,28 @@ class OcppConnection(asyncio.Protocol):
                 return
         if self.on_message is None or self.protocol.state is not OPEN:
             return
+        if self.pending_calls and type(message) is str and _REPLY_FRAME.match(message) and self._take_reply(message):
+            return
         self._queue.append(message)
         self._queued_bytes += len(message)
         if len(self._queue) >= self._max_queued_frames or self._queued_bytes >= self._max_queued_bytes:
             self.pause("queue")  # frames already read still queue: at most one read more
         if not self._waiting:
             self._drain()
+
+    def _take_reply(self, message: str) -> bool:
+        """Hand an answer to the call of ours it belongs to at once: it must not wait behind
+        (or be throttled with) this charger's own calls, one of which may be waiting for it."""
+        try:
+            reply = parse_frame(message)
+        except CallError:
+            return False  # broken: the handlers answer it as usual
+        future = self.pending_calls.pop(reply.unique_id, None) if isinstance(reply, Reply) else None
+        if future is None:
+            return False  # not ours: the handlers log it
+        if not future.done():
+            future.set_result(reply)
+        return True
 
     def _drain(self) -> None:
         """Handle queued messages in order, each answered before the next is read."""
