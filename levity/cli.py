@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Each concern registers its own sub-commands.
     from levity.fluentconf.cli import register as register_fluentd
     register_fluentd(commands)
+    from levity.transactions_cli import register as register_transactions
+    register_transactions(commands)
     try:
         from levity.doctor import register as register_doctor
     except ImportError:  # doctor arrives with lossless delivery

@@ -39,6 +39,7 @@ from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
 from levity.store import Store
+from levity.transactions import send_pending_closes_forever
 from levity.transport import OcppConnection
 
 log = logging.getLogger("levity")
@@ -108,6 +109,7 @@ class CentralSystem:
         self._server: asyncio.Server | None = None
         self.accepting_connections = True
         self._keepalive_task: asyncio.Task | None = None
+        self._closes_task: asyncio.Task | None = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -274,6 +276,8 @@ class CentralSystem:
         except OSError as exc:
             raise StartupError(f"cannot open the audit spool: {exc}") from None
         self._keepalive_task = asyncio.create_task(self._keepalive())
+        # Transactions an operator closed with `levity transactions close`: their anomaly events.
+        self._closes_task = asyncio.create_task(send_pending_closes_forever(self.store, self.sink, self.events))
         if not listen:
             return
         settings = self.settings
@@ -299,6 +303,8 @@ class CentralSystem:
             self._server.close()  # stop accepting
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
+        if self._closes_task is not None:
+            self._closes_task.cancel()
         for session in list(self.sessions.values()):
             session.connection.close(1001, "server shutting down")
         for _ in range(50):  # chargers answer the close frame within milliseconds
