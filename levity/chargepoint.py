@@ -265,7 +265,7 @@ class ChargePoint(OcppChargePoint):
         for old in still_open:
             closed = store.close_abandoned(old.id, f"superseded by transaction {transaction_id}", now, new_event_id())
             abandoned.append(abandoned_event(events, closed, abandoned_detail(closed, transaction_id, connector_id,
-                                                                              new_start),
+                                                                              new_start, events.id_tags),
                                              superseded_by=transaction_id))
         # Billing depends on this event: it is safe before the charger learns its transaction id.
         await self.ctx.sink.emit_durable(events.make(
@@ -291,7 +291,8 @@ class ChargePoint(OcppChargePoint):
         if known is not None and known.stopped:
             # A resend (offline queue, reconnect, or two stops within a millisecond): billed once.
             self.ctx.sink.emit(events.anomaly(
-                self.id, "repeated_stop", transaction_id, repeated_stop_detail(known, sent), known.stop_event_id,
+                self.id, "repeated_stop", transaction_id, repeated_stop_detail(known, sent, events.id_tags),
+                known.stop_event_id,
                 connector_id=known.connector_id))
             log.info("%s: repeated StopTransaction for transaction %d answered", self.id, transaction_id)
             return call_result.StopTransaction(id_tag_info=id_tag_info)

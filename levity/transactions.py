@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any, Iterable
 
-from levity.audit.events import DEFAULT_MEASURAND, EventFactory, iso_utc, new_event_id
+from levity.audit.events import DEFAULT_MEASURAND, EventFactory, IdTagPolicy, iso_utc, new_event_id
 from levity.audit.sink import AuditSink
 from levity.store import Store, Transaction
 
@@ -49,22 +49,27 @@ def stop_request(meter_stop: int, timestamp: str, reason: str | None, id_tag: st
             "transaction_data_entries": len(transaction_data or ())}
 
 
-def _words(value: Any) -> str:
-    return NONE_GIVEN if value is None else str(value)
+def _words(key: str, value: Any, id_tags: IdTagPolicy) -> str:
+    if value is None:
+        return NONE_GIVEN
+    if key == "id_tag":  # personal data: shown as the id_tag field of events is (privacy mode)
+        return "withheld" if id_tags.mode == "omit" else str(id_tags.apply(value))
+    return str(value)
 
 
-def differences(first: dict[str, Any], repeat: dict[str, Any], fields, first_name: str) -> list[str]:
+def differences(first: dict[str, Any], repeat: dict[str, Any], fields, first_name: str,
+                id_tags: IdTagPolicy) -> list[str]:
     """E.g. ["reason Local (first stop: none given)"]: the repeat's value, then the first's."""
-    return [f"{label} {_words(repeat.get(key))} ({first_name}: {_words(first.get(key))})"
+    return [f"{label} {_words(key, repeat.get(key), id_tags)} ({first_name}: {_words(key, first.get(key), id_tags)})"
             for key, label in fields if first.get(key) != repeat.get(key)]
 
 
-def repeated_stop_detail(transaction: Transaction, repeat: dict[str, Any]) -> str:
+def repeated_stop_detail(transaction: Transaction, repeat: dict[str, Any], id_tags: IdTagPolicy) -> str:
     if transaction.stop_request is None:  # stopped before Levity kept the first stop's fields
         first = {"meter_stop": transaction.meter_stop, "timestamp": transaction.stop_timestamp}
-        changed = differences(first, repeat, STOP_FIELDS[:2], "first stop")
+        changed = differences(first, repeat, STOP_FIELDS[:2], "first stop", id_tags)
     else:
-        changed = differences(transaction.stop_request, repeat, STOP_FIELDS, "first stop")
+        changed = differences(transaction.stop_request, repeat, STOP_FIELDS, "first stop", id_tags)
     return ("differs from the first stop: " + "; ".join(changed)) if changed else "identical to the first stop"
 
 
@@ -119,9 +124,10 @@ def register_above_stop(events: EventFactory, charge_point_id: str, transaction:
         f"{meter_stop} Wh: kept as sent", stop_event_id, connector_id=transaction.connector_id)
 
 
-def abandoned_detail(old: Transaction, new_id: int, connector_id: int, new_start: dict[str, Any]) -> str:
+def abandoned_detail(old: Transaction, new_id: int, connector_id: int, new_start: dict[str, Any],
+                     id_tags: IdTagPolicy) -> str:
     old_start = {"id_tag": old.id_tag, "meter_start": old.meter_start, "timestamp": old.start_timestamp}
-    changed = differences(old_start, new_start, START_FIELDS, "this one")
+    changed = differences(old_start, new_start, START_FIELDS, "this one", id_tags)
     return (f"connector {connector_id} started transaction {new_id} while this one was open; its start differs in "
             + "; ".join(changed)) if changed else \
         f"connector {connector_id} started transaction {new_id} while this one was open"

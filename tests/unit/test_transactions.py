@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from levity.audit.events import ANOMALY_KINDS, EventFactory, TAGS, conformance_errors
+from levity.audit.events import ANOMALY_KINDS, EventFactory, IdTagPolicy, TAGS, conformance_errors
 from levity.fluentconf.units import tag_pattern_covers
 from levity.store import Store
 from levity.transactions import (highest_register, register_wh, registers_in, repeated_stop_detail, stop_request)
@@ -36,11 +36,16 @@ def test_a_repeated_stop_detail_names_what_differs_in_words():
     store.stop_transaction(tx, 15000, "2024-01-15T11:00:00Z", "Local", None, NOW, event_id="e2", request=first)
     stopped = store.transaction(tx)
     assert stopped.stop_event_id == "e2" and stopped.start_event_id == "e1"
-    assert repeated_stop_detail(stopped, first) == "identical to the first stop"
+    plain = IdTagPolicy()
+    assert repeated_stop_detail(stopped, first, plain) == "identical to the first stop"
     repeat = stop_request(15000, "2024-01-15T11:00:00Z", "Local", "T", [{"timestamp": "x", "sampled_value": []}])
-    assert repeated_stop_detail(stopped, repeat) == (
+    assert repeated_stop_detail(stopped, repeat, plain) == (
         "differs from the first stop: reason Local (first stop: none given); idTag T (first stop: none given); "
         "transactionData entries 1 (first stop: 0)")
+    # An id tag in a detail follows the privacy mode of the id_tag field.
+    assert "idTag withheld (first stop: none given)" in repeated_stop_detail(stopped, repeat, IdTagPolicy("omit"))
+    hidden = repeated_stop_detail(stopped, repeat, IdTagPolicy("pseudonymize", b"key"))
+    assert "idTag hmac-sha256:" in hidden and "idTag T " not in hidden
 
 
 def test_energy_registers_are_read_in_wh_and_unreadable_ones_skipped():
