@@ -212,6 +212,8 @@ class CentralSystem:
         for status, count in sorted(self.refused.items()):
             lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
         lines.append(f"levity_calls_throttled {self.context.throttled}")
+        for kind, count in sorted(self.events.anomalies.items()):
+            lines.append(f'levity_anomalies{{kind="{kind}"}} {count}')
         return "\n".join(lines) + "\n"
 
     # Connections --------------------------------------------------------------------------

@@ -179,6 +179,7 @@ class EventFactory:
         self.tag_prefix = tag_prefix
         self.id_tags = id_tags or IdTagPolicy()
         self._clock = clock
+        self.anomalies: dict[str, int] = {}  # kind -> anomaly events built (each is sent), for /metrics
 
     def make(self, event_type: str, charge_point_id: str, *, event_id: str | None = None,
              **fields: Any) -> AuditEvent:
@@ -202,6 +203,7 @@ class EventFactory:
                 first_event_id: str | None = None, *, event_id: str | None = None, **fields: Any) -> AuditEvent:
         """An `ocpp.anomaly` event; `kind` is one of ANOMALY_KINDS."""
         assert kind in ANOMALY_KINDS, kind
+        self.anomalies[kind] = self.anomalies.get(kind, 0) + 1
         return self.make("anomaly", charge_point_id, event_id=event_id, kind=kind, transaction_id=transaction_id,
                          first_event_id=first_event_id, detail=detail, **fields)
 

@@ -12,7 +12,8 @@ import yaml
 from levity.audit.events import ANOMALY_KINDS, EventFactory, IdTagPolicy, TAGS, conformance_errors
 from levity.fluentconf.units import tag_pattern_covers
 from levity.store import Store
-from levity.transactions import (highest_register, register_wh, registers_in, repeated_stop_detail, stop_request)
+from levity.transactions import (close_abandoned, highest_register, register_wh, registers_in, repeated_stop_detail,
+                                 send_pending_closes, stop_request)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = "2024-01-15T10:10:00.000Z"
@@ -143,3 +144,36 @@ def test_the_index_template_maps_every_anomaly_field_and_the_billing_queries_use
     assert properties["energy_delivered"]["type"] == "long"
     for kind in ANOMALY_KINDS:
         assert f"`{kind}`" in docs, kind
+
+
+class CollectingSink:
+    """The AuditSink interface, keeping what it is given (the real sinks are tested elsewhere)."""
+
+    def __init__(self):
+        self.events = []
+
+    def emit(self, event):
+        self.events.append(event)
+
+
+def test_close_abandoned_inside_the_server_sends_its_anomaly_at_once(tmp_path):
+    store, sink, events = Store(str(tmp_path / "levity.db")), CollectingSink(), EventFactory()
+    tx = store.start_transaction("CP1", 1, "T", 10, "2024-01-15T10:10:00Z", None, NOW, event_id="start-1")
+    row = close_abandoned(store, sink, events, tx, "charger replaced")
+    assert row["state"] == "abandoned" and row["closed_reason"] == "charger replaced" and row["meter_stop"] is None
+    [event] = sink.events
+    assert event.record["kind"] == "abandoned_transaction" and event.record["first_event_id"] == "start-1"
+    assert event.record["event_id"] == store.transaction(tx).abandon_event_id
+    assert send_pending_closes(store, sink, events) == 0, "nothing left to send"
+    assert events.anomalies == {"abandoned_transaction": 1}
+
+
+def test_a_close_from_the_command_line_is_sent_once_with_the_event_id_it_chose(tmp_path):
+    store, sink, events = Store(str(tmp_path / "levity.db")), CollectingSink(), EventFactory()
+    tx = store.start_transaction("CP1", 1, "T", 10, "2024-01-15T10:10:00Z", None, NOW)
+    store.close_abandoned(tx, "site closed", NOW, "chosen-id", event_sent=False)
+    store.commit()
+    assert send_pending_closes(store, sink, events) == 1
+    assert send_pending_closes(store, sink, events) == 0
+    [event] = sink.events
+    assert event.record["event_id"] == "chosen-id" and event.record["detail"] == "closed by an operator: site closed"
