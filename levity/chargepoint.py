@@ -267,12 +267,13 @@ class ChargePoint(OcppChargePoint):
             abandoned.append(abandoned_event(events, closed, abandoned_detail(closed, transaction_id, connector_id,
                                                                               new_start, events.id_tags),
                                              superseded_by=transaction_id))
+        # Queued before the start event, the anomalies are on disk with it: none is lost to a crash.
+        for anomaly in abandoned:
+            self.ctx.sink.emit(anomaly)
         # Billing depends on this event: it is safe before the charger learns its transaction id.
         await self.ctx.sink.emit_durable(events.make(
             "transaction_start", self.id, event_id=event_id, connector_id=connector_id, id_tag=id_tag,
             meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp))
-        for anomaly in abandoned:
-            self.ctx.sink.emit(anomaly)
         self.ctx.store.commit()  # the id goes to the charger: it must survive a crash (no-op if done)
         log.debug("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=IdTagInfo(status=status))
@@ -318,11 +319,11 @@ class ChargePoint(OcppChargePoint):
                     f"carries the charger's figures", known.abandon_event_id, connector_id=known.connector_id))
             highest = highest_register(store.energy_registers(self.id, transaction_id))
             anomalies += meter_anomalies(events, self.id, known, meter_stop, highest, event_id)
+        for anomaly in anomalies:  # durable with the stop (see the start)
+            self.ctx.sink.emit(anomaly)
         await self.ctx.sink.emit_durable(events.make(
             "transaction_stop", self.id, event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
             energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra))
-        for anomaly in anomalies:
-            self.ctx.sink.emit(anomaly)
         store.commit()
         log.debug("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
         return call_result.StopTransaction(id_tag_info=id_tag_info)
