@@ -343,12 +343,11 @@ class ChargePoint(OcppChargePoint):
     def _check_late_register(self, transaction_id: int, meter_value: list) -> None:
         """Meter values that arrive after their transaction's stop (an offline queue) and read
         more than its meterStop: kept, and flagged."""
-        known = self.ctx.store.transaction(transaction_id)
-        if known is None or known.charge_point_id != self.id or not known.stopped or known.meter_stop is None:
-            return
         highest = highest_register(registers_in(meter_value))
-        if highest is not None and highest > known.meter_stop:
-            self.ctx.sink.emit(register_above_stop(self.ctx.events, self.id, known, known.meter_stop, highest,
+        meter_stop = self.ctx.store.meter_stop(self.id, transaction_id) if highest is not None else None
+        if meter_stop is not None and highest > meter_stop:
+            known = self.ctx.store.transaction(transaction_id)
+            self.ctx.sink.emit(register_above_stop(self.ctx.events, self.id, known, meter_stop, highest,
                                                    known.stop_event_id))
 
     @on(Action.data_transfer, skip_schema_validation=True)

@@ -389,6 +389,13 @@ class Store:
         now = time.time()
         return [_operator_view(Transaction.from_row(row), now) for row in self._db.execute(sql, params)]
 
+    def meter_stop(self, charge_point_id: str, transaction_id: int) -> int | None:
+        """The meterStop of a stopped transaction of this charge point (None otherwise); one
+        indexed lookup, as it runs for every MeterValues of a transaction."""
+        row = self._db.execute("SELECT meter_stop FROM transactions WHERE id = ? AND charge_point_id = ? "
+                               "AND stopped_at IS NOT NULL", (transaction_id, charge_point_id)).fetchone()
+        return row[0] if row else None
+
     def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
         """(value, unit) of every Energy.Active.Import.Register sampled for the transaction."""
         self._write_deferred()
