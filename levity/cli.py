@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_fluentd(commands)
     from levity.api.cli import register as register_api
     register_api(commands)
+    from levity.transactions_cli import register as register_transactions
+    register_transactions(commands)
     try:
         from levity.doctor import register as register_doctor
     except ImportError:  # doctor arrives with lossless delivery

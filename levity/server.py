@@ -43,6 +43,7 @@ from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
 from levity.store import Store
+from levity.transactions import send_pending_closes_forever
 from levity.transport import OcppConnection
 
 log = logging.getLogger("levity")
@@ -133,6 +134,7 @@ class CentralSystem:
         self.command_schemas = CommandSchemas()
         self.operations = LocalOperations(self)  # what the operator API asks of this process
         self.api_listener = None
+        self._closes_task: asyncio.Task | None = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -267,6 +269,8 @@ class CentralSystem:
         for status, count in sorted(self.refused.items()):
             lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
         lines.append(f"levity_calls_throttled {self.context.throttled}")
+        for kind, count in sorted(self.events.anomalies.items()):
+            lines.append(f'levity_anomalies{{kind="{kind}"}} {count}')
         lines.extend(self._limit_lines())
         lines += self.operations.metrics_lines()
         return "\n".join(lines) + "\n"
@@ -389,6 +393,8 @@ class CentralSystem:
         except OSError as exc:
             raise StartupError(f"cannot open the audit spool: {exc}") from None
         self._keepalive_task = asyncio.create_task(self._keepalive())
+        # Transactions an operator closed with `levity transactions close`: their anomaly events.
+        self._closes_task = asyncio.create_task(send_pending_closes_forever(self.store, self.sink, self.events))
         if not listen:
             return
         settings = self.settings
@@ -422,6 +428,8 @@ class CentralSystem:
             self._server.close()  # stop accepting
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
+        if self._closes_task is not None:
+            self._closes_task.cancel()
         if self._release_task is not None:
             self._release_task.cancel()
         for session in list(self.sessions.values()):

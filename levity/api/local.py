@@ -60,7 +60,7 @@ class LocalOperations:
         return item
 
     async def transactions(self, charge_point_id: str | None, open_only: bool | None, limit: int) -> list[dict]:
-        return self.central.store.transaction_rows(charge_point_id, open_only, limit)
+        return self.central.store.transactions(charge_point_id, open_only, limit, newest_first=True)
 
     # Calling -----------------------------------------------------------------------------
 

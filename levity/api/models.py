@@ -44,8 +44,10 @@ class Transaction(BaseModel):
     energy_delivered: int | None = Field(description="Wh, meter_stop - meter_start; null while open")
     started_at: str = Field(description="the start timestamp the charger sent")
     stopped_at: str | None = Field(description="the stop timestamp the charger sent; null while open")
-    stop_reason: str | None = None
-    reservation_id: int | None = None
+    stop_reason: str | None = Field(None, description="the reason the charger gave in its stop")
+    state: str = Field(description="open, stopped, or abandoned (closed without a stop: docs/billing.md)")
+    closed_reason: str | None = Field(None, description="why an abandoned transaction was closed")
+    age_seconds: int | None = Field(None, description="seconds since Levity recorded the start")
     recorded_at: str | None = Field(None, description="when Levity recorded the start")
     stop_recorded_at: str | None = Field(None, description="when Levity recorded the stop")
 
