@@ -351,6 +351,10 @@ class ElasticsearchOutput(OutputBase):
     include_tag_key: bool = True
     tag_key: RecordKey = "@log_name"
     default_elasticsearch_version: Literal[7, 8] = 8
+    # Idempotent writes: the document _id is the event's event_id, so an event Levity or
+    # Fluentd sends again after an outage overwrites its first copy instead of doubling it.
+    id_key: RecordKey = "event_id"
+    write_operation: Literal["index", "create"] = "index"
     ssl_verify: bool | None = None
     ca_file: AbsPath | None = None
     request_timeout: Duration | None = None
