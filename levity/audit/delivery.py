@@ -53,8 +53,6 @@ class ForwardSink:
                            segment_bytes=segment_bytes)
         self.flush_interval = settings.flush_interval
         self.batch_size = max(1, settings.batch_size)
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
         self._io: ThreadPoolExecutor | None = None
         # Events wait here as their spool frames: bytes, which the garbage collector does not
         # track (event objects held for a flush interval were a large part of its work).
@@ -70,6 +68,7 @@ class ForwardSink:
         self._conn: ForwardConnection | None = None
         self._active = 0  # index of the server self._conn talks to
         self._probe: asyncio.Task | None = None  # connecting to a preferred server while another has the events
+        self._degraded = False  # a less preferred server has had the events since the first acknowledged again
         self._started = False
         self._closing = False
         self._failing_since: float | None = None
@@ -307,19 +306,26 @@ class ForwardSink:
             except ForwardError as exc:
                 self.send_failures += 1
                 self.replayed += count
+                # Logged when a working server fails, not again while it keeps failing (a server
+                # that accepts but never acknowledges is retried by every probe), nor during an
+                # outage of every server (logged once by _all_down).
+                worked = self.servers.servers[self._active].last_error is None
                 self.servers.failed(self._active, exc)
                 self._conn.close()
                 self._conn = None
                 self.connected = False
                 pos = None  # resend from the cursor, to the next server
                 self.last_error = str(exc)
-                if self._failing_since is None:  # during an outage of every server: logged once, by _all_down
-                    log.warning("Fluentd at %s failed: %s; %d unacknowledged event(s) are re-sent from the spool%s",
-                                self.servers.servers[self._active].endpoint.describe(), exc, count,
-                                " to the next server" if len(self.servers.servers) > 1 else "")
+                log.log(logging.WARNING if worked and self._failing_since is None else logging.DEBUG,
+                        "Fluentd at %s failed: %s; %d unacknowledged event(s) are re-sent from the spool%s",
+                        self.servers.servers[self._active].endpoint.describe(), exc, count,
+                        " to the next server" if len(self.servers.servers) > 1 else "")
                 continue
             self.acknowledged += count
             self.servers.acknowledged(self._active, count)
+            if self._degraded and self._active == 0:
+                self._degraded = False
+                log.info("audit events go to the preferred Fluentd at %s again", self._conn.endpoint.describe())
             pos = acked = end
             if self._failing_since is not None:
                 log.info("Fluentd at %s acknowledges events again (after %.1fs); replaying %d spooled event(s)",
@@ -332,7 +338,8 @@ class ForwardSink:
         self._active, self._conn = index, conn
         self.servers.active = index
         self.connected = True
-        if index > 0:
+        if index > 0 and not self._degraded:  # once until the preferred server acknowledges again
+            self._degraded = True
             log.warning("audit events go to Fluentd at %s (server %d of %d) until a preferred one is back",
                         conn.endpoint.describe(), index + 1, len(self.servers.servers))
 
@@ -344,7 +351,7 @@ class ForwardSink:
             opened = None if probe.cancelled() or probe.exception() else probe.result()
             if opened is not None:
                 self._conn.close()
-                log.info("Fluentd at %s is back: audit events go there again", opened[1].endpoint.describe())
+                log.debug("Fluentd at %s answers again: trying it with the next batch", opened[1].endpoint.describe())
                 self._switch_to(*opened)
         elif self._probe is None and self.servers.probe_due(self._active):
             self._probe = asyncio.create_task(self.servers.connect(below=self._active), name="audit-forward-probe")

@@ -164,3 +164,21 @@ async def test_shared_key_and_tls_apply_to_every_server(tmp_path, factory):
                          and server_metrics(sink)[f'levity_fluentd_up{{server="127.0.0.1:{primary.port}"}}'] == 1,
                          what="TLS and handshake with the returning primary")
         await sink.close(5)
+
+
+async def test_a_primary_that_never_acknowledges_is_retried_but_logged_once(tmp_path, receivers, factory, caplog):
+    primary, standby = receivers
+    primary.stall = True
+    caplog.set_level(logging.DEBUG, logger="levity.audit")
+    sink = await started_sink(settings_for_servers(tmp_path, primary, standby, fluentd_timeout=0.5))
+    label = f'server="127.0.0.1:{primary.port}"'
+    for round_ in range(3):  # each probe moves the events back to the primary, which times out again
+        await wait_until(lambda: server_metrics(sink)[f"levity_fluentd_active{{{label}}}"] == 1
+                         or round_ == 0, what="the probe to try the primary again")
+        await emit_all(sink, make_events(factory, 50, prefix=f"R{round_}"))
+        await wait_until(lambda: sink.stats()["spooled"] == 0, what="delivery by the standby")
+    assert server_metrics(sink)[f"levity_fluentd_failures{{{label}}}"] >= 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings  # the primary failed; the events go to the standby
+    assert len({ev.record["event_id"] for ev in standby.events}) == 150
+    await sink.close(5)
