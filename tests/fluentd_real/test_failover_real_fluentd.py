@@ -7,17 +7,10 @@ Skipped where no Fluentd is installed (FLUENTD_BIN or `fluentd` on PATH)."""
 import asyncio
 
 from levity.audit.spool import inspect_spool
+from tests.integration.test_fluentd_failover import wait_until
 from tests.support.levity_process import free_port
 from tests.support.ocpp_client import raw_charge_point
 from tests.support.real_fluentd import FluentdProcess, require_fluentd
-
-
-async def wait_until(predicate, what, timeout=60.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def traffic(url, group, chargers=10, calls=30):
