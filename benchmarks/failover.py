@@ -19,6 +19,7 @@ import asyncio
 import json
 import multiprocessing
 import random
+import shutil
 import socket
 import tempfile
 import threading
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             if process.is_alive():
                 process.kill()
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     phases = {}
     for name, (a, b) in zip(("before", "during", "after"), zip(marks, marks[1:])):
