@@ -266,6 +266,7 @@ class CentralSystem:
         ]
         for name, value in sorted(self.sink.stats().items()):
             lines.append(f"levity_audit_{name} {value}")
+        lines += getattr(self.sink, "metric_lines", list)()  # per Fluentd server, when delivering to Fluentd
         for status, count in sorted(self.refused.items()):
             lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
         lines.append(f"levity_calls_throttled {self.context.throttled}")
