@@ -23,11 +23,13 @@ from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus
 
 from levity import metrics
-from levity.audit.events import EventFactory, count_samples, iso_utc
+from levity.audit.events import DEFAULT_MEASURAND, EventFactory, count_samples, iso_utc, new_event_id
 from levity.audit.sink import AuditSink
 from levity.protocol import CALLRESULT, Call, CallError, PayloadValidator, Reply, call_result as encode_result
 from levity.protocol import check_action, parse_frame, response_payload, to_snake
 from levity.store import Store
+from levity.transactions import (abandoned_detail, abandoned_event, highest_register, meter_anomalies,
+                                 register_above_stop, registers_in, repeated_stop_detail, stop_request)
 
 log = logging.getLogger(__name__)
 
@@ -241,16 +243,42 @@ class ChargePoint(OcppChargePoint):
         self.ctx.sink.emit(self.ctx.events.make("authorize", self.id, id_tag=id_tag, status=status))
         return call_result.Authorize(id_tag_info=IdTagInfo(status=status))
 
+    # Transactions: one session, one start and one stop, whatever the charger resends
+    # (levity/transactions.py has the rules; each decision is made and written before any await).
+
     @on(Action.start_transaction, skip_schema_validation=True)
     async def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
                                    reservation_id: int | None = None, **_: Any):
+        store, events = self.ctx.store, self.ctx.events
         status = self.ctx.authorizer.status(id_tag)
-        transaction_id = self.ctx.store.start_transaction(
-            self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, _now())
+        first = store.identical_start(self.id, connector_id, id_tag, meter_start, timestamp)
+        if first is not None:
+            state = "open" if first.open else "stopped" if first.stopped else "closed as abandoned"
+            self.ctx.sink.emit(events.anomaly(
+                self.id, "repeated_start", first.id,
+                f"identical to the StartTransaction of transaction {first.id} ({state}): answered with its id",
+                first.start_event_id, connector_id=connector_id))
+            log.info("%s: repeated StartTransaction answered with transaction %d", self.id, first.id)
+            return call_result.StartTransaction(transaction_id=first.id, id_tag_info=IdTagInfo(status=status))
+        now = _now()
+        still_open = store.open_on_connector(self.id, connector_id)
+        event_id = new_event_id()
+        transaction_id = store.start_transaction(
+            self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, now, event_id=event_id)
+        new_start = {"id_tag": id_tag, "meter_start": meter_start, "timestamp": timestamp}
+        abandoned = []
+        for old in still_open:
+            closed = store.close_abandoned(old.id, f"superseded by transaction {transaction_id}", now, new_event_id())
+            abandoned.append(abandoned_event(events, closed, abandoned_detail(closed, transaction_id, connector_id,
+                                                                              new_start, events.id_tags),
+                                             superseded_by=transaction_id))
+        # Queued before the start event, the anomalies are on disk with it: none is lost to a crash.
+        for anomaly in abandoned:
+            self.ctx.sink.emit(anomaly)
         # Billing depends on this event: it is safe before the charger learns its transaction id.
-        await self.ctx.sink.emit_durable(self.ctx.events.make(
-            "transaction_start", self.id, connector_id=connector_id, id_tag=id_tag, meter_start=meter_start,
-            transaction_id=transaction_id, transaction_timestamp=timestamp))
+        await self.ctx.sink.emit_durable(events.make(
+            "transaction_start", self.id, event_id=event_id, connector_id=connector_id, id_tag=id_tag,
+            meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp))
         self.ctx.store.commit()  # the id goes to the charger: it must survive a crash (no-op if done)
         log.debug("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=IdTagInfo(status=status))
@@ -259,12 +287,24 @@ class ChargePoint(OcppChargePoint):
     async def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int,
                                   reason: str | None = None, id_tag: str | None = None,
                                   transaction_data: list | None = None, **_: Any):
-        store = self.ctx.store
+        store, events = self.ctx.store, self.ctx.events
+        sent = stop_request(meter_stop, timestamp, reason, id_tag, transaction_data)
         reason = reason or "Local"  # OCPP 1.6: an absent reason means Local
+        id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
         known = store.transaction(transaction_id)
         if known is not None and known.charge_point_id != self.id:
             known = None
+        if known is not None and known.stopped:
+            # A resend (offline queue, reconnect, or two stops within a millisecond): billed once.
+            self.ctx.sink.emit(events.anomaly(
+                self.id, "repeated_stop", transaction_id, repeated_stop_detail(known, sent, events.id_tags),
+                known.stop_event_id,
+                connector_id=known.connector_id))
+            log.info("%s: repeated StopTransaction for transaction %d answered", self.id, transaction_id)
+            return call_result.StopTransaction(id_tag_info=id_tag_info)
         extra: dict[str, Any] = {}
+        anomalies = []
+        event_id = new_event_id()
         if known is None:
             # Offline starts (-1) and ids we never issued: answer normally, or the charger
             # retries forever; the event says so instead.
@@ -272,18 +312,26 @@ class ChargePoint(OcppChargePoint):
             extra["unknown_transaction"] = True
             log.warning("%s: StopTransaction for unknown transaction %d accepted", self.id, transaction_id)
         else:
-            energy = meter_stop - known.meter_start
-            if not known.stopped:
-                store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now())
-                metrics.record_energy(energy)
+            energy = meter_stop - known.meter_start  # kept as sent, even when negative (flagged below)
+            store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now(),
+                                   event_id=event_id, request=sent)
+            metrics.record_energy(energy)
             if transaction_data:
                 store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
-        await self.ctx.sink.emit_durable(self.ctx.events.make(
-            "transaction_stop", self.id, transaction_id=transaction_id, meter_stop=meter_stop,
+            if known.abandoned_at is not None:
+                anomalies.append(events.anomaly(
+                    self.id, "stop_after_abandoned", transaction_id,
+                    f"stopped after it was closed as abandoned ({known.abandon_reason}): its transaction_stop "
+                    f"carries the charger's figures", known.abandon_event_id, connector_id=known.connector_id))
+            highest = highest_register(store.energy_registers(self.id, transaction_id))
+            anomalies += meter_anomalies(events, self.id, known, meter_stop, highest, event_id)
+        for anomaly in anomalies:  # durable with the stop (see the start)
+            self.ctx.sink.emit(anomaly)
+        await self.ctx.sink.emit_durable(events.make(
+            "transaction_stop", self.id, event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
             energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra))
         store.commit()
         log.debug("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
-        id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
         return call_result.StopTransaction(id_tag_info=id_tag_info)
 
     @on(Action.meter_values, skip_schema_validation=True)
@@ -294,7 +342,19 @@ class ChargePoint(OcppChargePoint):
         self.ctx.sink.emit(self.ctx.events.make(
             "meter_values", self.id, connector_id=connector_id, transaction_id=transaction_id,
             samples_count=samples_count, measurands=measurands))
+        if transaction_id is not None and DEFAULT_MEASURAND in measurands:
+            self._check_late_register(transaction_id, meter_value)
         return call_result.MeterValues()
+
+    def _check_late_register(self, transaction_id: int, meter_value: list) -> None:
+        """Meter values that arrive after their transaction's stop (an offline queue) and read
+        more than its meterStop: kept, and flagged."""
+        highest = highest_register(registers_in(meter_value))
+        meter_stop = self.ctx.store.meter_stop(self.id, transaction_id) if highest is not None else None
+        if meter_stop is not None and highest > meter_stop:
+            known = self.ctx.store.transaction(transaction_id)
+            self.ctx.sink.emit(register_above_stop(self.ctx.events, self.id, known, meter_stop, highest,
+                                                   known.stop_event_id))
 
     @on(Action.data_transfer, skip_schema_validation=True)
     async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None,

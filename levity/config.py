@@ -8,6 +8,7 @@ Nothing below the entry point reads the environment: it gets a Settings.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,7 +30,7 @@ def _bool(text: str) -> bool:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not 0 < value < float("inf"):  # also refuses nan
         raise ValueError(f"expected a positive number, got {text!r}")
     return value
 
@@ -41,6 +42,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -48,13 +56,58 @@ def _port(text: str) -> int:
     return value
 
 
+def _servers(text: str) -> tuple[tuple[str, int | None], ...]:
+    """FLUENTD_SERVERS: comma-separated host[:port] ([v6addr]:port for IPv6); port None = FLUENTD_PORT."""
+    if not text.strip():
+        raise ValueError("empty (unset it to use FLUENTD_HOST alone, or list host[:port],host[:port],...)")
+    entries = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"empty entry in {text!r} (expected host[:port],host[:port],...)")
+        if item.startswith("["):
+            host, sep, rest = item[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"malformed entry {item!r} (IPv6 is written [address]:port)")
+            port_text = rest[1:] if rest else None
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+        elif ":" in item:
+            raise ValueError(f"malformed entry {item!r} (write an IPv6 address as [address]:port)")
+        else:
+            host, port_text = item, None
+        if not host or any(c.isspace() or c in "/@" for c in host):
+            raise ValueError(f"malformed host in {item!r}")
+        port = None
+        if port_text is not None:
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError(f"port out of range in {item!r} (expected 1-65535)")
+            port = int(port_text)
+        entries.append((host.lower(), port))
+    return tuple(entries)
+
+
 def _size(text: str) -> int:
     """Bytes from '512MB', '64k', '1g' or a plain number."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
     if cleaned and cleaned[-1] in units:
-        return int(float(cleaned[:-1]) * units[cleaned[-1]])
-    return int(cleaned)
+        value = int(float(cleaned[:-1]) * units[cleaned[-1]])
+    else:
+        value = int(cleaned)
+    if value < 1:
+        raise ValueError(f"expected a positive size such as 64k or 1MB, got {text!r}")
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses only this machine reaches (a host name may resolve anywhere: False)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def opt(env: str, default: Any, help: str, *, parse=str, choices: tuple[str, ...] | None = None,
@@ -69,6 +122,9 @@ class Settings:
     # Serving
     host: str = opt("LEVITY_HOST", "0.0.0.0", "address to listen on")
     port: int = opt("LEVITY_PORT", 9000, "WebSocket port chargers connect to", parse=_port)
+    api_host: str = opt("LEVITY_API_HOST", "127.0.0.1",
+                        "address of the operator HTTP API (docs/operator-api.md); loopback by default")
+    api_port: int = opt("LEVITY_API_PORT", 9001, "port of the operator HTTP API; 0 turns it off", parse=_port)
     database: str = opt("LEVITY_DATABASE", "levity.db", "SQLite database file (':memory:' keeps nothing)")
     workers: int = opt(
         "LEVITY_WORKERS", 1,
@@ -80,7 +136,8 @@ class Settings:
         "BootNotification answer for chargers not registered in the database: accept them "
         "(and register), or answer pending/rejected", choices=("accept", "pending", "rejected"))
     heartbeat_interval: int = opt("LEVITY_HEARTBEAT_INTERVAL", 300,
-                                  "heartbeat interval (s) sent in the BootNotification answer", parse=int)
+                                  "heartbeat interval (s) sent in the BootNotification answer",
+                                  parse=_positive_int)
     id_tags_file: str | None = opt(
         "LEVITY_ID_TAGS_FILE", None,
         "YAML/JSON mapping of id tag to status (Accepted, Blocked, Expired, Invalid); "
@@ -89,6 +146,10 @@ class Settings:
         "LEVITY_LENIENT_MEASURANDS", False,
         "accept out-of-spec measurand/unit/phase/context/location values in MeterValues and "
         "StopTransaction (for chargers known to send them)", parse=_bool, metavar="BOOL")
+    lenient_timestamps: bool = opt(
+        "LEVITY_LENIENT_TIMESTAMPS", False,
+        "accept timestamps that are not RFC 3339 date-times with an offset (e.g. no time zone) instead of "
+        "answering PropertyConstraintViolation (for chargers known to send them)", parse=_bool, metavar="BOOL")
     # Limits and security (OCPP 1.6 security whitepaper profiles)
     max_frame_bytes: int = opt("LEVITY_MAX_FRAME_BYTES", 65536,
                                "largest WebSocket message accepted; bigger ones close the connection (1009)",
@@ -97,7 +158,27 @@ class Settings:
                                       "calls per second per charger before Levity slows its answers "
                                       "(bursts of twice that are allowed)", parse=_positive_float)
     max_connections: int = opt("LEVITY_MAX_CONNECTIONS", 20000,
-                               "concurrent charger connections; more are refused with HTTP 503", parse=int)
+                               "concurrent charger connections; more are refused with HTTP 503",
+                               parse=_positive_int)
+    max_queued_frames: int = opt(
+        "LEVITY_MAX_QUEUED_FRAMES", 32,
+        "frames of one charger waiting for its handler (throttled, waiting for an fsync) before Levity stops "
+        "reading its socket (TCP backpressure) until half of them are handled", parse=_positive_int)
+    max_queued_bytes: int = opt(
+        "LEVITY_MAX_QUEUED_BYTES", 1 << 20,
+        "size of the frames of one charger waiting for its handler before Levity stops reading its socket",
+        parse=_size)
+    max_send_buffer_bytes: int = opt(
+        "LEVITY_MAX_SEND_BUFFER_BYTES", 256 << 10,
+        "answers buffered for a charger that does not read them before Levity stops reading its calls",
+        parse=_size)
+    auth_failures_per_minute: int = opt(
+        "LEVITY_AUTH_FAILURES_PER_MINUTE", 10,
+        "failed Basic auth attempts per charge point id per minute (bursts of as many) before further "
+        "attempts are answered 429 without checking the password", parse=_positive_int)
+    auth_failures_per_address_per_minute: int = opt(
+        "LEVITY_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE", 60,
+        "the same per remote address (higher: chargers behind one NAT share an address)", parse=_positive_int)
     ping_interval: float = opt("LEVITY_PING_INTERVAL", 60.0,
                                "seconds between WebSocket pings to each charger", parse=_positive_float)
     ping_timeout: float = opt("LEVITY_PING_TIMEOUT", 60.0,
@@ -138,6 +219,11 @@ class Settings:
                                 parse=_bool, metavar="BOOL")
     fluentd_host: str = opt("FLUENTD_HOST", "localhost", "Fluentd forward input host")
     fluentd_port: int = opt("FLUENTD_PORT", 24224, "Fluentd forward input port", parse=_port)
+    fluentd_servers: tuple = opt(
+        "FLUENTD_SERVERS", (),
+        "several Fluentd servers for failover, host[:port],host[:port] (port defaults to FLUENTD_PORT): "
+        "tried in order, the first one that acknowledges gets the events, the first is preferred again "
+        "once it is back. Replaces FLUENTD_HOST when set", parse=_servers, metavar="LIST")
     fluentd_timeout: float = opt("FLUENTD_TIMEOUT", 3.0, "seconds to connect or wait for an ack",
                                  parse=_positive_float)
     fluentd_tls: bool = opt("FLUENTD_TLS", False, "connect to Fluentd over TLS", parse=_bool, metavar="BOOL")
@@ -155,7 +241,26 @@ class Settings:
     flush_interval: float = opt("LEVITY_FLUSH_INTERVAL", 0.2,
                                 "longest wait (s) before a batch of non-transaction events is written",
                                 parse=_positive_float)
-    batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=int)
+    batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=_positive_int)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fluentd_servers, str):  # Settings(fluentd_servers="a,b:24225") in code and tests
+            try:
+                object.__setattr__(self, "fluentd_servers", _servers(self.fluentd_servers))
+            except ValueError as exc:
+                raise ConfigError(f"FLUENTD_SERVERS: {exc}") from None
+        servers = self.fluentd_server_list()
+        seen = set()
+        for server in servers:
+            if server in seen:
+                raise ConfigError(f"FLUENTD_SERVERS: duplicate entry {_host_port(*server)}")
+            seen.add(server)
+
+    def fluentd_server_list(self) -> list[tuple[str, int]]:
+        """The Fluentd servers in order of preference: FLUENTD_SERVERS, else FLUENTD_HOST alone."""
+        if not self.fluentd_servers:
+            return [(self.fluentd_host, self.fluentd_port)]
+        return [(host, port or self.fluentd_port) for host, port in self.fluentd_servers]
 
     def secret(self, name: str) -> bytes | None:
         """The value of a secret setting, from its variable or its *_file companion."""
@@ -177,6 +282,10 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = ("<set>" if value else None) if f.metadata["secret"] else value
         return out
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -206,6 +315,6 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         if meta["choices"] and value not in meta["choices"]:
-            raise ConfigError(f"{source}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+            raise ConfigError(f"{source}: expected one of {', '.join(map(str, meta['choices']))}, got {raw!r}")
         values[f.name] = value
     return Settings(**values)

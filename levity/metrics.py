@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -68,6 +69,8 @@ ENERGY_DELIVERED = Counter("levity_energy_delivered_wh", "Energy of stopped tran
 AUDIT_EVENTS = Counter("levity_audit_events", "Audit events by state: emitted by Levity, acknowledged by "
                        "Fluentd, dropped (lost), replayed (sent again after a failure or restart).",
                        ["state"], registry=REGISTRY)
+ANOMALIES = Counter("levity_anomalies", "ocpp.anomaly events sent (repeated starts and stops, abandoned "
+                    "transactions...), by kind.", ["kind"], registry=REGISTRY)
 FLUENTD_SEND_FAILURES = Counter("levity_fluentd_send_failures", "Batches of audit events Fluentd did not "
                                 "acknowledge (sent again later).", registry=REGISTRY)
 # "livesum": the sum over running workers; "livemin": 1 only while every worker is connected.
@@ -180,6 +183,57 @@ def set_state(*, connected_by_version: dict[str, int], transactions_active: int 
     _servers_seen.update(fluentd_servers)
     for server in _servers_seen:
         FLUENTD_UP.labels(server).set(1 if fluentd_servers.get(server) else 0)
+
+
+_anomaly_totals: dict[str, CounterFromTotal] = {}
+_command_totals: dict[tuple[str, str], CounterFromTotal] = {}
+
+
+def set_anomalies(counts: dict[str, int]) -> None:
+    """Anomaly events by kind, from the running totals the event factory keeps."""
+    for kind, total in counts.items():
+        if kind not in _anomaly_totals:
+            _anomaly_totals[kind] = CounterFromTotal(ANOMALIES.labels(kind))
+        _anomaly_totals[kind].update(total)
+
+
+def set_commands(counts: dict[tuple[str, str], int]) -> None:
+    """Operator commands by (action, outcome), from the running totals the operator API keeps
+    (record_command is the direct way for code that keeps none)."""
+    for key, total in counts.items():
+        if key not in _command_totals:
+            _command_totals[key] = CounterFromTotal(COMMANDS.labels(*key))
+        _command_totals[key].update(total)
+
+
+# Values other modules keep as plain numbers and publish as `name{labels} value` lines (limits
+# and queues of the connections, authentication limits, per-Fluentd-server delivery): each name
+# becomes a gauge of its own, summed over the workers. Names this module defines are skipped.
+_PLAIN_LINE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_PLAIN_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_plain_gauges: dict[str, Gauge | None] = {"levity_fluentd_up": None}
+
+
+def set_plain_lines(lines: Iterable[str]) -> None:
+    for line in lines:
+        match = _PLAIN_LINE.fullmatch(line.strip())
+        if not match:
+            continue
+        name, label_text, value = match.groups()
+        labels = dict(_PLAIN_LABEL.findall(label_text or ""))
+        if name not in _plain_gauges:
+            try:
+                _plain_gauges[name] = Gauge(name, "Reported by Levity as a plain value.", sorted(labels),
+                                            multiprocess_mode="livesum", registry=REGISTRY)
+            except ValueError:  # a name this module already defines
+                _plain_gauges[name] = None
+        gauge = _plain_gauges[name]
+        if gauge is None:
+            continue
+        try:
+            (gauge.labels(**labels) if labels else gauge).set(float(value))
+        except ValueError:  # labels other than the first line's, or not a number
+            log.debug("metrics: ignoring the line %r", line)
 
 
 # Exposition -----------------------------------------------------------------------------------

@@ -16,8 +16,11 @@ unique across all of them.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -59,12 +62,42 @@ CREATE TABLE IF NOT EXISTS meter_values (
     unit TEXT, phase TEXT, context TEXT, location TEXT, format TEXT
 );
 CREATE INDEX IF NOT EXISTS meter_values_tx ON meter_values (transaction_id);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
 """
 
 
 INSERT_METER_VALUE = (
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
     "phase, context, location, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+# Columns that keep "one session, one start and one stop" across restarts (levity/billing.py):
+# the event ids billing deduplicates by, the first stop as the charger sent it, and how a
+# transaction closed without a stop (abandoned). Added to existing databases on open.
+TRANSACTION_COLUMNS = {
+    "start_event_id": "TEXT",
+    "stop_event_id": "TEXT",
+    "stop_request": "TEXT",  # JSON: the first StopTransaction's fields as sent (reason null when absent)
+    "abandoned_at": "TEXT",
+    "abandon_reason": "TEXT",
+    "abandon_event_id": "TEXT",
+    "abandon_event_sent": "INTEGER NOT NULL DEFAULT 1",  # 0: closed by the CLI, its anomaly not yet sent
+}
+TRANSACTION_INDEXES = """
+CREATE INDEX IF NOT EXISTS transactions_start ON transactions (charge_point_id, connector_id, start_timestamp);
+CREATE INDEX IF NOT EXISTS transactions_unclosed ON transactions (charge_point_id, connector_id)
+    WHERE stopped_at IS NULL AND abandoned_at IS NULL;
+CREATE INDEX IF NOT EXISTS transactions_close_pending ON transactions (id) WHERE abandon_event_sent = 0;
+"""
+TRANSACTION_SELECT = (
+    "SELECT id, charge_point_id, connector_id, id_tag, meter_start, meter_stop, stopped_at IS NOT NULL, "
+    "start_timestamp, stop_timestamp, created_at, stopped_at, start_event_id, stop_event_id, stop_request, "
+    "abandoned_at, abandon_reason, abandon_event_id FROM transactions")
 
 
 @dataclass(frozen=True)
@@ -76,6 +109,31 @@ class Transaction:
     meter_start: int
     meter_stop: int | None
     stopped: bool
+    start_timestamp: str | None = None
+    stop_timestamp: str | None = None
+    created_at: str | None = None
+    stopped_at: str | None = None
+    start_event_id: str | None = None
+    stop_event_id: str | None = None
+    stop_request: dict | None = None
+    abandoned_at: str | None = None
+    abandon_reason: str | None = None
+    abandon_event_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row) -> "Transaction":
+        values = list(row)
+        values[6] = bool(values[6])
+        values[13] = json.loads(values[13]) if values[13] else None
+        return cls(*values)
+
+    @property
+    def open(self) -> bool:
+        return not self.stopped and self.abandoned_at is None
+
+    @property
+    def energy_delivered(self) -> int | None:
+        return None if self.meter_stop is None else self.meter_stop - self.meter_start
 
 
 class Store:
@@ -96,6 +154,7 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._migrate()
+        self._migrate_transactions()
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
         self._last_transaction_id = row[0] if row else 0  # this store is the only writer of its ids
 
@@ -105,6 +164,13 @@ class Store:
             self._db.execute("ALTER TABLE charge_points ADD COLUMN password_hash TEXT")
 
         self._in_transaction = False
+
+    def _migrate_transactions(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(transactions)")}
+        for name, declaration in TRANSACTION_COLUMNS.items():
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE transactions ADD COLUMN {name} {declaration}")
+        self._db.executescript(TRANSACTION_INDEXES)
 
     def close(self) -> None:
         self.commit()
@@ -219,14 +285,18 @@ class Store:
         ).fetchone()
 
     # Transactions --------------------------------------------------------------------------
+    # Every decision about repeats reads and writes here without an await in between, so two
+    # calls of one charger (one connection, or the old and the new one across a reconnect)
+    # cannot both be "the first".
 
     def start_transaction(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
-                          start_timestamp: str, reservation_id: int | None, now: str) -> int:
+                          start_timestamp: str, reservation_id: int | None, now: str,
+                          event_id: str | None = None) -> int:
         cursor = self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
-            "reservation_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "reservation_id, created_at, start_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self._next_transaction_id(), charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
-             reservation_id, now),
+             reservation_id, now, event_id),
         )
         # Committed with the group; the caller commits before it answers (module doc).
         self._last_transaction_id = cursor.lastrowid
@@ -240,24 +310,109 @@ class Store:
         return last + 1 + (self._id_residue - last - 1) % self._id_modulus
 
     def transaction(self, transaction_id: int) -> Transaction | None:
+        row = self._db.execute(f"{TRANSACTION_SELECT} WHERE id = ?", (transaction_id,)).fetchone()
+        return Transaction.from_row(row) if row else None
+
+    def identical_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                        start_timestamp: str) -> Transaction | None:
+        """The transaction a StartTransaction with exactly these fields already started, if any."""
         row = self._db.execute(
-            "SELECT id, charge_point_id, connector_id, id_tag, meter_start, meter_stop, stopped_at IS NOT NULL "
-            "FROM transactions WHERE id = ?", (transaction_id,),
-        ).fetchone()
-        return Transaction(*row[:6], stopped=bool(row[6])) if row else None
+            f"{TRANSACTION_SELECT} WHERE charge_point_id = ? AND connector_id = ? AND start_timestamp = ? "
+            "AND id_tag = ? AND meter_start = ? ORDER BY id LIMIT 1",
+            (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)).fetchone()
+        return Transaction.from_row(row) if row else None
+
+    def open_on_connector(self, charge_point_id: str, connector_id: int) -> list[Transaction]:
+        return [Transaction.from_row(row) for row in self._db.execute(
+            f"{TRANSACTION_SELECT} WHERE charge_point_id = ? AND connector_id = ? AND stopped_at IS NULL "
+            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, connector_id))]
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
-                         id_tag: str | None, now: str) -> None:
+                         id_tag: str | None, now: str, event_id: str | None = None,
+                         request: dict | None = None) -> None:
+        """request: the stop's fields as the charger sent them, kept to describe a repeat."""
         self._write(
             "UPDATE transactions SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?, "
-            "stopped_at = ? WHERE id = ?",
-            (meter_stop, stop_timestamp, reason, id_tag, now, transaction_id),
+            "stopped_at = ?, stop_event_id = ?, stop_request = ? WHERE id = ?",
+            (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
+             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id),
         )
 
-    def open_transactions(self, charge_point_id: str) -> list[int]:
-        return [r[0] for r in self._db.execute(
-            "SELECT id FROM transactions WHERE charge_point_id = ? AND stopped_at IS NULL ORDER BY id",
-            (charge_point_id,))]
+    def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,
+                        event_sent: bool = True) -> Transaction:
+        """Close an open transaction without a stop (no meter_stop, no stop event).
+
+        event_id: the id of the `abandoned_transaction` anomaly that reports it. event_sent=False
+        when the caller cannot send it (the command line): the server sends it (pending_closes()).
+        Raises LookupError for an unknown transaction, ValueError for one already closed.
+        """
+        if not reason or not reason.strip():
+            raise ValueError("a reason is required to close a transaction")
+        self._write(
+            "UPDATE transactions SET abandoned_at = ?, abandon_reason = ?, abandon_event_id = ?, "
+            "abandon_event_sent = ? WHERE id = ? AND stopped_at IS NULL AND abandoned_at IS NULL",
+            (now, reason.strip(), event_id, int(event_sent), transaction_id))
+        closed = self.transaction(transaction_id)
+        if closed is None:
+            raise LookupError(f"no transaction {transaction_id}")
+        if closed.abandon_event_id != event_id:
+            state = "stopped" if closed.stopped else "closed as abandoned"
+            raise ValueError(f"transaction {transaction_id} is already {state}")
+        return closed
+
+    def pending_closes(self) -> list[Transaction]:
+        """Transactions closed as abandoned whose anomaly event is still to be sent."""
+        return [Transaction.from_row(row) for row in self._db.execute(
+            f"{TRANSACTION_SELECT} WHERE abandon_event_sent = 0 ORDER BY id")]
+
+    def mark_close_sent(self, transaction_id: int) -> None:
+        self._write("UPDATE transactions SET abandon_event_sent = 1 WHERE id = ?", (transaction_id,))
+
+    def open_transactions(self, charge_point_id: str | None = None) -> list[dict[str, Any]]:
+        """Transactions neither stopped nor closed as abandoned, oldest first, as the operator API
+        lists them (transactions() fields)."""
+        return self.transactions(charge_point_id, open_only=True)
+
+    def transactions(self, charge_point_id: str | None = None, open_only: bool | None = None,
+                     limit: int | None = None, transaction_id: int | None = None,
+                     newest_first: bool = False) -> list[dict[str, Any]]:
+        """Transactions as operators see them: transaction_id, charge_point_id, connector_id, id_tag,
+        meter_start, meter_stop, energy_delivered (null until stopped), started_at and stopped_at
+        (the charger's timestamps), stop_reason, state (open / stopped / abandoned), closed_reason,
+        age_seconds (since Levity saw the start), recorded_at and stop_recorded_at (Levity's clock).
+        open_only: True keeps the open ones, False the stopped or abandoned ones, None all."""
+        self._write_deferred()
+        where, params = [], []
+        if charge_point_id is not None:
+            where.append("charge_point_id = ?")
+            params.append(charge_point_id)
+        if transaction_id is not None:
+            where.append("id = ?")
+            params.append(transaction_id)
+        if open_only is not None:
+            where.append("stopped_at IS NULL AND abandoned_at IS NULL" if open_only
+                         else "(stopped_at IS NOT NULL OR abandoned_at IS NOT NULL)")
+        sql = TRANSACTION_SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        if newest_first:
+            sql += " DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        now = time.time()
+        return [_operator_view(Transaction.from_row(row), now) for row in self._db.execute(sql, params)]
+
+    def meter_stop(self, charge_point_id: str, transaction_id: int) -> int | None:
+        """The meterStop of a stopped transaction of this charge point (None otherwise); one
+        indexed lookup, as it runs for every MeterValues of a transaction."""
+        row = self._db.execute("SELECT meter_stop FROM transactions WHERE id = ? AND charge_point_id = ? "
+                               "AND stopped_at IS NOT NULL", (transaction_id, charge_point_id)).fetchone()
+        return row[0] if row else None
+
+    def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
+        """(value, unit) of every Energy.Active.Import.Register sampled for the transaction."""
+        self._write_deferred()
+        return self._db.execute(
+            "SELECT value, unit FROM meter_values WHERE transaction_id = ? AND charge_point_id = ? "
+            "AND measurand = 'Energy.Active.Import.Register'", (transaction_id, charge_point_id)).fetchall()
 
     def open_transaction_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM transactions WHERE stopped_at IS NULL").fetchone()[0]
@@ -277,7 +432,77 @@ class Store:
             self._begin()
             self._meter_rows += rows
 
+    # Operator API: read queries --------------------------------------------------------------
+
+    def charge_point_rows(self, charge_point_id: str | None = None) -> list[dict[str, Any]]:
+        """Known charge points with when they were last heard of (boot, heartbeat or status)."""
+        self._write_deferred()
+        where = "WHERE cp.id = ?" if charge_point_id is not None else ""
+        cursor = self._db.execute(
+            "SELECT cp.id, cp.registered, cp.vendor, cp.model, cp.serial_number, cp.firmware_version, "
+            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, "
+            "(SELECT max(updated_at) FROM connectors c WHERE c.charge_point_id = cp.id) AS last_status "
+            f"FROM charge_points cp {where} ORDER BY cp.id", () if charge_point_id is None else (charge_point_id,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    def connectors(self, charge_point_id: str) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT connector_id, status, error_code, info, vendor_error_code, status_timestamp, updated_at "
+            "FROM connectors WHERE charge_point_id = ? ORDER BY connector_id", (charge_point_id,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    # Operator API tokens (only their hashes) ----------------------------------------------------
+
+    def add_api_token(self, name: str, role: str, token_hash: str, now: str) -> None:
+        """sqlite3.IntegrityError when the name is taken."""
+        self._write("INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                    (name, role, token_hash, now))
+        self.commit()
+
+    def revoke_api_token(self, name: str) -> bool:
+        revoked = self._write("DELETE FROM api_tokens WHERE name = ?", (name,)).rowcount > 0
+        self.commit()
+        return revoked
+
+    def api_tokens(self) -> list[tuple[str, str, str]]:
+        """(name, role, created_at) of every token."""
+        return self._db.execute("SELECT name, role, created_at FROM api_tokens ORDER BY name").fetchall()
+
+    def api_token(self, token_hash: str) -> tuple[str, str] | None:
+        """(name, role) of the token with this hash."""
+        return self._db.execute("SELECT name, role FROM api_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+
     def count(self, table: str) -> int:
         assert table in ("charge_points", "connectors", "transactions", "meter_values")
         self._write_deferred()
         return self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _operator_view(transaction: Transaction, now: float) -> dict[str, Any]:
+    state = "stopped" if transaction.stopped else "abandoned" if transaction.abandoned_at else "open"
+    return {
+        "transaction_id": transaction.id,
+        "charge_point_id": transaction.charge_point_id,
+        "connector_id": transaction.connector_id,
+        "id_tag": transaction.id_tag,
+        "meter_start": transaction.meter_start,
+        "meter_stop": transaction.meter_stop,
+        "energy_delivered": transaction.energy_delivered,
+        "started_at": transaction.start_timestamp,
+        "stopped_at": transaction.stop_timestamp,
+        "stop_reason": (transaction.stop_request or {}).get("reason"),
+        "state": state,
+        "closed_reason": transaction.abandon_reason,
+        "age_seconds": _age_seconds(transaction.created_at, now),
+        "recorded_at": transaction.created_at,
+        "stop_recorded_at": transaction.stopped_at,
+    }
+
+
+def _age_seconds(created_at: str | None, now: float) -> int | None:
+    try:
+        return max(0, int(now - datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()))
+    except (AttributeError, ValueError):
+        return None

@@ -102,7 +102,7 @@ async def test_metrics_count_what_the_chargers_sent(levity, workers):
     assert audit(metrics, "acknowledged") == events
     assert audit(metrics, "dropped") == 0
     assert metrics["levity_audit_unacknowledged_events"] <= 1
-    assert metrics[f'levity_fluentd_up{{server="tcp://127.0.0.1:{receiver.port}"}}'] == 1
+    assert metrics[f'levity_fluentd_up{{server="127.0.0.1:{receiver.port}"}}'] == 1
     assert metrics["levity_workers"] == metrics["levity_workers_up"] == int(workers)
     assert metrics["levity_worker_restarts_total"] == 0
     assert metrics["levity_audit_spool_limit_bytes"] > 0
