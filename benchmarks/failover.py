@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         for _, conn in workers:
             conn.send(("go", start, end))
         time.sleep(max(0.0, start - time.monotonic()))
-        marks = [(time.monotonic(), server.metrics().get("levity_audit_emitted", 0), receivers.acknowledged())]
+        marks = [(time.monotonic(), server.metrics().get('levity_audit_events_total{state="emitted"}', 0), receivers.acknowledged())]
         died = restarted = None
         for phase in range(3):
             time.sleep(max(0.0, start + (phase + 1) * args.phase - time.monotonic()))
-            marks.append((time.monotonic(), server.metrics().get("levity_audit_emitted", 0), receivers.acknowledged()))
+            marks.append((time.monotonic(), server.metrics().get('levity_audit_events_total{state="emitted"}', 0), receivers.acknowledged()))
             if phase == 0:
                 died = receivers.kill_primary()
             elif phase == 1:

@@ -32,14 +32,14 @@ async def test_primary_fluentd_killed_and_restarted_under_load(levity, tmp_path)
                          "FLUENTD_SERVERS": f"127.0.0.1:{primary.port},127.0.0.1:{standby.port}"})
         metrics = server.metrics
         await traffic(server.url, "A")
-        await wait_until(lambda: metrics()["levity_audit_spooled"] == 0, "delivery to the primary")
+        await wait_until(lambda: metrics()["levity_audit_unacknowledged_events"] == 0, "delivery to the primary")
 
         load = asyncio.create_task(traffic(server.url, "B", calls=100))
         await asyncio.sleep(0.1)  # under load
         await asyncio.to_thread(primary.kill)
         await load
         await traffic(server.url, "D")  # after the crash, whatever the timing of the load above
-        await wait_until(lambda: metrics()["levity_audit_spooled"] == 0, "failover to the standby")
+        await wait_until(lambda: metrics()["levity_audit_unacknowledged_events"] == 0, "failover to the standby")
         label = f'server="127.0.0.1:{standby.port}"'
         assert metrics()[f"levity_fluentd_acknowledged_events{{{label}}}"] > 0
 
@@ -47,8 +47,8 @@ async def test_primary_fluentd_killed_and_restarted_under_load(levity, tmp_path)
         label = f'server="127.0.0.1:{primary.port}"'
         await wait_until(lambda: metrics()[f"levity_fluentd_active{{{label}}}"] == 1, "the primary preferred again")
         await traffic(server.url, "C")
-        await wait_until(lambda: metrics()["levity_audit_spooled"] == 0, "delivery after the return")
-        emitted = metrics()["levity_audit_emitted"]
+        await wait_until(lambda: metrics()["levity_audit_unacknowledged_events"] == 0, "delivery after the return")
+        emitted = metrics()['levity_audit_events_total{state="emitted"}']
         server.stop()
         assert inspect_spool(server.workdir / "spool").events == 0
     finally:
