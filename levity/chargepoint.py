@@ -23,10 +23,10 @@ from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus
 
 from levity.audit.events import EventFactory, count_samples, iso_utc
-from levity.audit.sink import AuditSink
+from levity.audit.sink import AuditSink, NotDurable
 from levity.protocol import CALLRESULT, Call, CallError, PayloadValidator, Reply, call_result as encode_result
 from levity.protocol import check_action, parse_frame, response_payload, to_snake
-from levity.store import Store
+from levity.store import StorageError, Store
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class CentralSystemContext:
                  max_calls_per_second: float = 50.0):
         self.max_calls_per_second = max_calls_per_second
         self.throttled = 0
+        self.not_stored = 0  # transaction calls answered with a CALLERROR because storage failed
         self.store = store
         self.sink = sink
         self.events = events
@@ -161,6 +162,8 @@ class ChargePoint(OcppChargePoint):
             self.ctx.validator.validate(call)
             response = await handler(self, **to_snake(call.payload))
             payload = response_payload(response)
+        except (StorageError, NotDurable) as failure:
+            return self._not_stored(call, failure).frame()
         except CallError as error:
             log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
                         error.code, error.description)
@@ -188,6 +191,36 @@ class ChargePoint(OcppChargePoint):
 
     async def _send(self, message: str) -> None:
         await self._connection.send(message)
+
+    # Storage failures on transaction calls ------------------------------------------------
+
+    async def _store_then_audit(self, transaction_id: int, event, new_start: bool = False) -> None:
+        """Before a StartTransaction/StopTransaction answer: the row is committed (fsynced),
+        then its audit event is on disk. Either failing raises StorageError/NotDurable, which
+        answer() turns into a CALLERROR; never an answer for something not stored."""
+        await self.ctx.store.commit_durable(transaction_id)
+        try:
+            await self.ctx.sink.emit_durable(event)
+        except NotDurable as failure:
+            if new_start and not failure.maybe_written:
+                self.ctx.store.forget_transaction(transaction_id)  # no one learns this id
+            raise
+
+    def _not_stored(self, call: Call, failure: Exception) -> CallError:
+        """OCPP 1.6 (edition 2) section 3.7, "Transaction-related messages", and 3.7.1, "Error
+        responses to transaction-related messages": when the Central System fails to process a
+        transaction-related message the Charge Point resends it (TransactionMessageAttempts,
+        TransactionMessageRetryInterval); in OCPP-J that failure is a CALLERROR. InternalError:
+        the call was valid, Levity could not store it."""
+        self.ctx.not_stored += 1
+        # The store and the sink each log once per failure episode; per call only debug.
+        log.debug("%s: %s %s not stored (%s): answered InternalError so the charger retries",
+                  self.id, call.action, call.unique_id, failure)
+        self.ctx.sink.emit(self.ctx.events.make(
+            "call_error", self.id, action=call.action[:64], unique_id=call.unique_id, error_code="InternalError",
+            error_description="not stored"))
+        return CallError("InternalError", "Levity could not store this transaction message; send it again",
+                         call.unique_id)
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -242,11 +275,9 @@ class ChargePoint(OcppChargePoint):
         status = self.ctx.authorizer.status(id_tag)
         transaction_id = self.ctx.store.start_transaction(
             self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, _now())
-        # Billing depends on this event: it is safe before the charger learns its transaction id.
-        await self.ctx.sink.emit_durable(self.ctx.events.make(
+        await self._store_then_audit(transaction_id, self.ctx.events.make(
             "transaction_start", self.id, connector_id=connector_id, id_tag=id_tag, meter_start=meter_start,
-            transaction_id=transaction_id, transaction_timestamp=timestamp))
-        self.ctx.store.commit()  # the id goes to the charger: it must survive a crash (no-op if done)
+            transaction_id=transaction_id, transaction_timestamp=timestamp), new_start=True)
         log.debug("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=IdTagInfo(status=status))
 
@@ -272,10 +303,9 @@ class ChargePoint(OcppChargePoint):
                 store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now())
             if transaction_data:
                 store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
-        await self.ctx.sink.emit_durable(self.ctx.events.make(
+        await self._store_then_audit(transaction_id, self.ctx.events.make(
             "transaction_stop", self.id, transaction_id=transaction_id, meter_stop=meter_stop,
             energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra))
-        store.commit()
         log.debug("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
         id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
         return call_result.StopTransaction(id_tag_info=id_tag_info)

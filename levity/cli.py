@@ -40,6 +40,8 @@ def _charge_points(args: argparse.Namespace) -> int:
         elif args.action == "unregister":
             for charge_point_id in args.ids:
                 store_of(charge_point_id).unregister([charge_point_id])
+        for store in stores:
+            store.commit()  # now: the write lock is held only for this commit, never while listing
         listed = args.ids or sorted(cp for store in stores for cp in store.registered_ids())
         for charge_point_id in listed:
             row = store_of(charge_point_id).charge_point(charge_point_id) or {}

@@ -210,6 +210,9 @@ class CentralSystem:
         for status, count in sorted(self.refused.items()):
             lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
         lines.append(f"levity_calls_throttled {self.context.throttled}")
+        lines.append(f"levity_calls_not_stored {self.context.not_stored}")
+        for name, value in sorted(self.store.stats().items()):
+            lines.append(f"levity_store_{name} {value}")
         return "\n".join(lines) + "\n"
 
     # Connections --------------------------------------------------------------------------
@@ -308,6 +311,7 @@ class CentralSystem:
         for session in list(self.sessions.values()):
             session.connection.abort()
         await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
+        await self.store.drain()
         self.store.close()
         log.info("stopped")
 
