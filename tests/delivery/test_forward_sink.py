@@ -271,3 +271,28 @@ async def test_order_is_kept_across_tags(receiver, settings_for, factory):
     await wait_until(lambda: sink.stats()["acknowledged"] >= 300, what="acks")
     await sink.close(5)
     assert [ev.record["event_id"] for ev in receiver.events] == [ev.record["event_id"] for ev in events]
+
+
+async def test_durable_events_refused_by_drop_newest_raise_not_durable(receiver, settings_for, factory):
+    from levity.audit.sink import NotDurable
+
+    receiver.refuse = True
+    sink = await started(settings_for(receiver, spool_max_bytes=16 << 10, spool_overflow="drop_newest"))
+    try:
+        for i in range(2000):  # more than the spool holds
+            sink.emit(factory.make("heartbeat", f"CP{i}"))
+        await wait_until(lambda: sink.spool.dropped > 0, what="the spool to be full")
+        with pytest.raises(NotDurable):
+            await sink.emit_durable(make_events(factory, 1)[0])
+        assert sink.stats()["durable_failed"] == 1
+    finally:
+        await sink.close(0.5)
+
+
+async def test_durable_event_after_close_raises_not_durable(receiver, settings_for, factory):
+    from levity.audit.sink import NotDurable
+
+    sink = await started(settings_for(receiver))
+    await sink.close(1.0)
+    with pytest.raises(NotDurable):
+        await sink.emit_durable(make_events(factory, 1)[0])
