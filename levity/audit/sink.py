@@ -82,26 +82,32 @@ class JsonLinesSink:
     """One JSON object per line: {"tag", "time", "record"}, on stdout or appended to a file.
 
     Lets `levity serve` do its job on a bare machine; a log shipper (or Fluentd's in_tail)
-    can pick the file up. Writes are line-buffered, so an event is out when emit returns.
-    emit_durable() (transaction events) also fsyncs the file before it returns, on a thread:
-    durable events that arrive while an fsync runs share the next one (group commit), so the
-    event loop never waits for the disk. On a pipe or terminal there is nothing to fsync.
-    After logrotate moves the file away, SIGHUP makes Levity carry on in a new one (reopen).
+    can pick the file up. After logrotate moves the file away, SIGHUP makes Levity carry on in
+    a new one (reopen).
+
+    The event loop never writes: emit() appends the line to a list, and the lines of one turn
+    of the loop are written together by the sink's own thread (a slow disk or a stdout pipe
+    nobody reads stalls that thread, never the chargers). emit_durable() (transaction events)
+    returns once its line is written and fsynced; lines that arrive meanwhile share the next
+    write and fsync (group commit). A line that cannot be written is counted as dropped; a
+    durable one raises NotDurable. On a pipe or terminal there is nothing to fsync.
     """
 
     accepting = True
 
     def __init__(self, stream: IO[bytes], owns_stream: bool = False, path: str | None = None):
-        self._stream = stream
+        self._stream = stream  # used on the sink's thread only, once started
         self._owns_stream = owns_stream
         self._path = path
         self._emitted = 0
         self._failed = 0
         self.durable_failed = 0
         self._io: ThreadPoolExecutor | None = None
-        self._sync_waiters: list[asyncio.Future] = []  # durable events written, waiting for the next fsync
-        self._syncing = False
-        self._sync_failing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lines: list[bytes] = []
+        self._waiters: list[tuple[asyncio.Future, int]] = []  # durable lines: (waiter, index in _lines)
+        self._scheduled = False  # a write is scheduled or running
+        self._write_failing = False
 
     @classmethod
     def to_file(cls, path: str) -> "JsonLinesSink":
@@ -110,6 +116,12 @@ class JsonLinesSink:
     def reopen(self) -> None:
         if self._path is None:
             return
+        if self._io is not None:  # after the writes already queued, on the sink's thread
+            self._io.submit(self._reopen_now)
+        else:
+            self._reopen_now()
+
+    def _reopen_now(self) -> None:
         try:
             stream = _open_for_append(self._path)
         except OSError as exc:
@@ -123,78 +135,77 @@ class JsonLinesSink:
         log.info("audit file %s reopened", self._path)
 
     async def start(self) -> None:
-        pass
+        self._loop = asyncio.get_running_loop()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-audit-file")
 
-    def emit(self, event: AuditEvent) -> bool:
+    def emit(self, event: AuditEvent) -> None:
         line = json.dumps({"tag": event.tag, "time": round(event.time_ns / 1e9, 3), "record": event.record},
                           ensure_ascii=False, separators=(",", ":"))
-        data = (line + "\n").encode("utf-8")
-        try:
-            # Unbuffered: one write per line, and a failed line is not kept in a buffer to
-            # appear later, after its transaction call was answered with an error.
-            written = self._stream.write(data)
-            if written is not None and written != len(data):
-                _cut_partial_line(self._stream, written)
-                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
-            self._emitted += 1
-            return True
-        except (OSError, ValueError) as exc:
-            if not self._failed:
-                log.error("audit sink: cannot write events (%s); further failures are only counted", exc)
-            self._failed += 1
-            return False
+        self._lines.append((line + "\n").encode("utf-8"))
+        self._schedule()
 
     async def emit_durable(self, event: AuditEvent) -> None:
-        if not self.emit(event):
-            self.durable_failed += 1
-            raise NotDurable("the audit file cannot be written")
-        future = asyncio.get_running_loop().create_future()
-        self._sync_waiters.append(future)
-        if not self._syncing:
-            self._start_sync()
+        if self._loop is None:
+            raise NotDurable("the audit sink is not started")
+        future = self._loop.create_future()
+        self._waiters.append((future, len(self._lines)))
+        self.emit(event)
         await future
 
-    def _start_sync(self) -> None:
-        waiters, self._sync_waiters = self._sync_waiters, []
-        self._syncing = True
-        if self._io is None:
-            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-audit-file")
-        try:
-            fd = os.dup(self._stream.fileno())  # reopen() may close the stream meanwhile
-        except (OSError, ValueError) as exc:
-            self._synced(waiters, exc)
+    def _schedule(self) -> None:
+        if self._scheduled or self._loop is None:
             return
-        future = asyncio.get_running_loop().run_in_executor(self._io, _fsync_and_close, fd)
-        future.add_done_callback(lambda f: f.cancelled() or self._synced(waiters, f.exception()))
+        self._scheduled = True
+        self._loop.call_soon(self._write_pending)
 
-    def _synced(self, waiters: list[asyncio.Future], error: BaseException | None) -> None:
-        self._syncing = False
-        if error is None and self._sync_failing:
-            self._sync_failing = False
-            log.info("audit file: fsync works again")
-        elif error is not None:
-            self.durable_failed += len(waiters)
-            if not self._sync_failing:
-                self._sync_failing = True
-                log.error("audit file: fsync failed (%s); transaction calls are answered with a CALLERROR "
-                          "until it works (logged again then)", error)
-        for waiter in waiters:
+    def _write_pending(self) -> None:
+        lines, self._lines = self._lines, []
+        waiters, self._waiters = self._waiters, []
+        if not lines or self._io is None:
+            self._scheduled = False
+            return
+        future = self._loop.run_in_executor(self._io, _write_lines, self, lines, bool(waiters))
+        future.add_done_callback(lambda f: f.cancelled() or self._written(lines, waiters, *f.result()))
+
+    def _written(self, lines: list[bytes], waiters: list[tuple[asyncio.Future, int]], written: int,
+                 synced: bool, error: OSError | None) -> None:
+        self._emitted += written
+        if error is None:
+            if self._write_failing:
+                self._write_failing = False
+                log.info("audit file: writing works again")
+        else:
+            self._failed += len(lines) - written
+            if not self._write_failing:  # one line per failure episode, not per event
+                self._write_failing = True
+                log.error("audit file: cannot write events (%s). Transaction calls are answered with a CALLERROR "
+                          "(the charger retries) and other events are counted as dropped until it works again "
+                          "(logged then)", error)
+        for waiter, index in waiters:
             if waiter.done():
                 continue
-            if error is None:
+            if index < written and synced:
                 waiter.set_result(None)
             else:
-                waiter.set_exception(NotDurable(f"audit file fsync failed: {error}", maybe_written=True))
-        if self._sync_waiters:
-            self._start_sync()
+                self.durable_failed += 1
+                waiter.set_exception(NotDurable(f"audit file: {error}", maybe_written=index < written))
+        self._scheduled = False
+        if self._lines:
+            self._schedule()
 
     async def close(self, timeout: float) -> None:
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
         if self._io is not None:
-            self._io.shutdown(wait=True)
+            io, self._io = self._io, None
+            io.shutdown(wait=True)  # a write still running finishes first
+        if self._lines:  # the last turn's lines
+            lines, self._lines = self._lines, []
+            written, _, _ = _write_lines(self, lines, True)
+            self._emitted += written
+            self._failed += len(lines) - written
+        for waiter, _ in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(NotDurable("the audit sink closed"))
+        self._loop = None
         if self._owns_stream:
             self._stream.close()
 
@@ -202,14 +213,37 @@ class JsonLinesSink:
         return {"emitted": self._emitted, "dropped": self._failed, "durable_failed": self.durable_failed}
 
 
-def _fsync_and_close(fd: int) -> None:
+def _write_lines(sink: JsonLinesSink, lines: list[bytes], fsync: bool) -> tuple[int, bool, OSError | None]:
+    """On the sink's thread: write whole lines (a partial one is cut off again where the stream
+    is a file) and fsync if asked. Returns (lines written, fsynced, error); never raises."""
+    stream = sink._stream  # read here: reopen() swaps it on this thread
+    data = b"".join(lines)
+    done = 0
     try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise  # EINVAL/ENOTSUP: a pipe or terminal (stdout), nothing to make durable here
-    finally:
-        os.close(fd)
+        view = memoryview(data)
+        while done < len(data):
+            count = stream.write(view[done:])
+            if not count:
+                raise OSError(errno.EIO, "the stream accepts no more data")
+            done += count
+    except (OSError, ValueError) as exc:
+        error = exc if isinstance(exc, OSError) else OSError(errno.EBADF, str(exc))
+        whole, written = 0, 0
+        for line in lines:  # the whole lines within what was written
+            if written + len(line) > done:
+                break
+            written += len(line)
+            whole += 1
+        if done > written:
+            _cut_partial_line(stream, done - written)
+        return whole, False, error
+    if fsync:
+        try:
+            os.fsync(stream.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or terminal: nothing to fsync
+                return len(lines), False, exc
+    return len(lines), True, None
 
 
 def _open_for_append(path: str) -> IO[bytes]:

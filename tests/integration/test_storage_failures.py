@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import read_audit_file
 from tests.support.forward_receiver import ForwardReceiver
+from tests.support.levity_process import LevityProcess
 from tests.support.ocpp_client import raw_charge_point
 
 BOOT = {"chargePointVendor": "V", "chargePointModel": "M"}
@@ -115,7 +116,8 @@ async def test_drop_newest_on_a_full_spool_refuses_transaction_events(levity):
     with ForwardReceiver() as receiver:
         receiver.refuse = True
         server = levity({**fluentd_env(receiver.port), "LEVITY_SPOOL_MAX_BYTES": "64KB",
-                         "LEVITY_SPOOL_OVERFLOW": "drop_newest"})
+                         "LEVITY_SPOOL_OVERFLOW": "drop_newest",
+                         "LEVITY_MAX_CALLS_PER_SECOND": "100000"})
         async with raw_charge_point(server.url, "CP-FULL") as cp:
             assert (await cp.call("b", "BootNotification", BOOT))[0] == CALLRESULT
             n = 0
@@ -257,3 +259,33 @@ def test_charge_points_command_commits_before_it_lists(tmp_path):
     finally:
         os.close(reader)
         process.wait(10)
+
+
+async def test_a_stdout_nobody_reads_does_not_stall_answers(tmp_path):
+    reader, writer = os.pipe()
+    server = LevityProcess(tmp_path, {"LEVITY_AUDIT_SINK": "stdout", "LEVITY_MAX_CALLS_PER_SECOND": "100000"},
+                           stdout=writer)
+    try:
+        server.start()
+        os.close(writer)
+        async with raw_charge_point(server.url, "CP-PIPE") as cp, raw_charge_point(server.url, "CP-OTHER") as other:
+            # More events than a pipe holds (64 KiB): before, the event loop blocked in write().
+            for n in range(1500):
+                assert (await cp.call(f"h{n}", "Heartbeat", {}))[0] == CALLRESULT
+            start = asyncio.create_task(cp.call("s", "StartTransaction", start_payload(), timeout=60))
+            for n in range(20):  # the other charger is answered while the start waits for its line
+                assert (await other.call(f"o{n}", "Heartbeat", {}))[0] == CALLRESULT
+            assert not start.done()
+
+            def read_until_the_start():
+                seen = b""
+                while b"transaction_start" not in seen:
+                    chunk = os.read(reader, 1 << 16)
+                    assert chunk, "stdout closed before the transaction event"
+                    seen = seen[-100:] + chunk
+            await asyncio.get_running_loop().run_in_executor(None, read_until_the_start)
+            answer = await start
+            assert answer[0] == CALLRESULT and answer[2]["transactionId"] > 0
+    finally:
+        server.kill()
+        os.close(reader)
