@@ -178,6 +178,7 @@ def _execute_many(db: sqlite3.Connection, write: _Write, refused: list) -> None:
 def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    db.execute("PRAGMA synchronous=NORMAL")  # SQLite's default is FULL; _apply() raises it per commit
     return db
 
 
@@ -192,7 +193,6 @@ class Store:
         # also the writes.
         self._db = _connect(path, WRITER_BUSY_TIMEOUT_MS)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._migrate()
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
