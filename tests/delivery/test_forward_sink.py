@@ -8,6 +8,7 @@ import pytest
 from levity.audit.delivery import ForwardSink
 from levity.audit.sink import make_sink
 from levity.audit.spool import inspect_spool
+from tests.support import certs
 from tests.support.forward_receiver import ForwardReceiver
 
 WAIT = 30.0
@@ -186,7 +187,6 @@ async def test_wrong_shared_key_delivers_nothing_and_keeps_the_events(settings_f
 
 
 async def test_tls_with_shared_key(tmp_path, settings_for, factory):
-    certs = pytest.importorskip("tests.support.certs")
     bundle = certs.make_certs(tmp_path / "certs")
     with ForwardReceiver(shared_key="k", ssl_context=bundle.server_context()) as receiver:
         sink = await started(settings_for(receiver, fluentd_tls=True, fluentd_tls_ca=str(bundle.ca_cert),
@@ -199,7 +199,6 @@ async def test_tls_with_shared_key(tmp_path, settings_for, factory):
 
 
 async def test_tls_with_an_unknown_ca_is_refused(tmp_path, settings_for, factory):
-    certs = pytest.importorskip("tests.support.certs")
     bundle = certs.make_certs(tmp_path / "certs")
     other = certs.make_certs(tmp_path / "other")
     with ForwardReceiver(ssl_context=bundle.server_context()) as receiver:
