@@ -263,11 +263,8 @@ class ForwardSink:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(DROP_TICK_SECONDS)
-            try:
-                await loop.run_in_executor(self._io, self.spool.drops.tick)
-                await loop.run_in_executor(self._io, self.spool.flush_cursor)
-            except OSError as exc:
-                log.warning("audit spool: cannot write the cursor: %s", exc)
+            await loop.run_in_executor(self._io, self.spool.drops.tick)
+            await loop.run_in_executor(self._io, self.spool.flush_cursor)  # logs its own failures
 
     # Sender ------------------------------------------------------------------------------
 

@@ -210,6 +210,7 @@ class Spool:
         self._total_count = 0  # frames in all segments, acknowledged ones of the head included
         self._tags: dict[bytes, str] = {}
         self._blocking = False
+        self._cursor_failing = False
         self._open = False
         self._lock_fd: int | None = None
         self.recovered_events = 0  # unacknowledged events found when opening
@@ -328,12 +329,12 @@ class Spool:
                 self._sync_or_raise(0)
             return 0
         incoming = sum(len(f) for f in frames)
-        if self._disk_bytes + incoming > self.max_bytes:
-            frames = self._make_room(frames, incoming)
         written = 0
         pending: list[bytes] = []
         pending_bytes = 0
         try:
+            if self._disk_bytes + incoming > self.max_bytes:
+                frames = self._make_room(frames, incoming)
             for frame in frames:
                 seg = self._segments[self._write_seq]
                 if seg.size + pending_bytes + len(frame) > self.segment_bytes and (seg.size + pending_bytes) > 0:
@@ -413,7 +414,7 @@ class Spool:
             self._total_count -= seg.count
             nxt = min(self._segments)
             self._cursor = Position(nxt, 0, 0)
-            self._write_cursor()
+            self._persist_cursor()
             self._path(seq).unlink(missing_ok=True)
             self.drops.dropped(lost, f"spool full ({self.max_bytes} bytes), overflow policy drop_oldest "
                                      f"deleted segment {seq}")
@@ -510,7 +511,7 @@ class Spool:
             self._disk_bytes -= gone.size
             self._total_count -= gone.count
         if deleted or time.monotonic() - self._persisted_at >= self.cursor_interval:
-            self._write_cursor()
+            self._persist_cursor()
         for seq in deleted:
             self._path(seq).unlink(missing_ok=True)
         self._update_blocking()
@@ -518,7 +519,22 @@ class Spool:
 
     def flush_cursor(self) -> None:
         if self._open and self._cursor != self._persisted:
+            self._persist_cursor()
+
+    def _persist_cursor(self) -> None:
+        """_write_cursor(), but a failure (disk full) only costs duplicates after a restart (the
+        cursor file lags; deleted segments are skipped at open), so it is logged once, not raised."""
+        try:
             self._write_cursor()
+        except OSError as exc:
+            if not self._cursor_failing:
+                self._cursor_failing = True
+                log.warning("audit spool: cannot write the cursor file in %s (%s); delivery goes on, a restart "
+                            "would resend acknowledged events (logged again when it works)", self.directory, exc)
+            return
+        if self._cursor_failing:
+            self._cursor_failing = False
+            log.info("audit spool: the cursor file is written again")
 
     def _write_cursor(self) -> None:
         tmp = self.directory / f"cursor.tmp{os.getpid()}"
@@ -587,7 +603,7 @@ class Spool:
         finally:
             os.close(self._write_fd)
             self._write_fd = None
-        self._write_cursor()
+        self._persist_cursor()
         self.drops.tick(force=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
