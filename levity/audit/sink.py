@@ -142,6 +142,7 @@ class JsonLinesSink:
         line = json.dumps({"tag": event.tag, "time": round(event.time_ns / 1e9, 3), "record": event.record},
                           ensure_ascii=False, separators=(",", ":"))
         self._lines.append((line + "\n").encode("utf-8"))
+        self._emitted += 1
         self._schedule()
 
     async def emit_durable(self, event: AuditEvent) -> None:
@@ -169,7 +170,6 @@ class JsonLinesSink:
 
     def _written(self, lines: list[bytes], waiters: list[tuple[asyncio.Future, int]], written: int,
                  synced: bool, error: OSError | None) -> None:
-        self._emitted += written
         if error is None:
             if self._write_failing:
                 self._write_failing = False
@@ -200,7 +200,6 @@ class JsonLinesSink:
         if self._lines:  # the last turn's lines
             lines, self._lines = self._lines, []
             written, _, _ = _write_lines(self, lines, True)
-            self._emitted += written
             self._failed += len(lines) - written
         for waiter, _ in self._waiters:
             if not waiter.done():
