@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from levity.audit.events import AuditEvent
 from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch
-from levity.audit.sink import NotDurable
+from levity.audit.sink import NotDurable, release_waiters
 from levity.audit.spool import Spool, SpoolWriteError, encode_frame
 from levity.config import Settings
 
@@ -245,15 +245,8 @@ class ForwardSink:
                 log.error("audit spool: cannot write to %s: %s. Transaction calls are answered with a CALLERROR "
                           "(the charger retries) and other events are counted as dropped until it works again "
                           "(logged then)", self.settings.spool_dir, error)
-        for waiter, index in waiters:
-            if waiter.done():
-                continue
-            if index < written and synced:
-                waiter.set_result(None)
-            else:
-                self.durable_failed += 1
-                reason = f"spool write failed: {error}" if error else "spool full (overflow policy drop_newest)"
-                waiter.set_exception(NotDurable(reason, maybe_written=index < written))
+        reason = f"spool write failed: {error}" if error else "spool full (overflow policy drop_newest)"
+        self.durable_failed += release_waiters(waiters, written, synced, reason)
         self._data.set()
 
     def _write(self, batch: list[bytes], fsync: bool) -> int:

@@ -32,6 +32,22 @@ class NotDurable(Exception):
         self.maybe_written = maybe_written
 
 
+def release_waiters(waiters: list[tuple[asyncio.Future, int]], written: int, synced: bool, reason: str) -> int:
+    """After a group write: the emit_durable() callers whose event (at `index` in the batch)
+    is within the first `written` and fsynced return, the others get NotDurable. Returns how
+    many failed."""
+    failed = 0
+    for waiter, index in waiters:
+        if waiter.done():
+            continue
+        if index < written and synced:
+            waiter.set_result(None)
+        else:
+            failed += 1
+            waiter.set_exception(NotDurable(reason, maybe_written=index < written))
+    return failed
+
+
 class AuditSink(Protocol):
     async def start(self) -> None: ...
 
@@ -181,14 +197,7 @@ class JsonLinesSink:
                 log.error("audit file: cannot write events (%s). Transaction calls are answered with a CALLERROR "
                           "(the charger retries) and other events are counted as dropped until it works again "
                           "(logged then)", error)
-        for waiter, index in waiters:
-            if waiter.done():
-                continue
-            if index < written and synced:
-                waiter.set_result(None)
-            else:
-                self.durable_failed += 1
-                waiter.set_exception(NotDurable(f"audit file: {error}", maybe_written=index < written))
+        self.durable_failed += release_waiters(waiters, written, synced, f"audit file: {error}")
         self._scheduled = False
         if self._lines:
             self._schedule()
