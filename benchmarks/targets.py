@@ -42,7 +42,7 @@ DEFAULT_TARGETS = ("levity", "levity-workers", "plain-ocpp", "echo")
 # The bench drives each charger far beyond a real charger's rate (closed loop: as fast as
 # answers come), so Levity's per-charger abuse throttle (50 calls/s by default) would measure
 # itself rather than the server; its bookkeeping still runs.
-LEVITY_BENCH_ENV = {"LEVITY_MAX_CALLS_PER_SECOND": "1000000"}
+LEVITY_BENCH_ENV = {"LEVITY_MAX_CALLS_PER_SECOND": "1000000", "LEVITY_API_PORT": "0"}  # no operator API: parallel runs would share its port
 
 
 def free_port() -> int:

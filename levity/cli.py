@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from levity import __version__
@@ -26,7 +27,12 @@ def _charge_points(args: argparse.Namespace) -> int:
     check_layout(settings)
     workers = settings.workers
     # With several workers each charge point lives in the database of the worker that owns it.
-    stores = [Store(shard_database(settings.database, i, workers)) for i in range(workers)]
+    # Owner-only files, as `levity serve` creates them: password hashes and personal data.
+    umask = os.umask(0o077)
+    try:
+        stores = [Store(shard_database(settings.database, i, workers)) for i in range(workers)]
+    finally:
+        os.umask(umask)
 
     def store_of(charge_point_id: str) -> Store:
         return stores[worker_index(charge_point_id, workers)]
@@ -109,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Each concern registers its own sub-commands.
     from levity.fluentconf.cli import register as register_fluentd
     register_fluentd(commands)
+    from levity.api.cli import register as register_api
+    register_api(commands)
     try:
         from levity.doctor import register as register_doctor
     except ImportError:  # doctor arrives with lossless delivery

@@ -8,6 +8,7 @@ Nothing below the entry point reads the environment: it gets a Settings.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,7 +30,7 @@ def _bool(text: str) -> bool:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not 0 < value < float("inf"):  # also refuses nan
         raise ValueError(f"expected a positive number, got {text!r}")
     return value
 
@@ -38,6 +39,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {text!r}")
     return value
 
 
@@ -53,8 +61,22 @@ def _size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
     if cleaned and cleaned[-1] in units:
-        return int(float(cleaned[:-1]) * units[cleaned[-1]])
-    return int(cleaned)
+        value = int(float(cleaned[:-1]) * units[cleaned[-1]])
+    else:
+        value = int(cleaned)
+    if value < 1:
+        raise ValueError(f"expected a positive size such as 64k or 1MB, got {text!r}")
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for addresses only this machine reaches (a host name may resolve anywhere: False)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def opt(env: str, default: Any, help: str, *, parse=str, choices: tuple[str, ...] | None = None,
@@ -69,6 +91,9 @@ class Settings:
     # Serving
     host: str = opt("LEVITY_HOST", "0.0.0.0", "address to listen on")
     port: int = opt("LEVITY_PORT", 9000, "WebSocket port chargers connect to", parse=_port)
+    api_host: str = opt("LEVITY_API_HOST", "127.0.0.1",
+                        "address of the operator HTTP API (docs/operator-api.md); loopback by default")
+    api_port: int = opt("LEVITY_API_PORT", 9001, "port of the operator HTTP API; 0 turns it off", parse=_port)
     database: str = opt("LEVITY_DATABASE", "levity.db", "SQLite database file (':memory:' keeps nothing)")
     workers: int = opt(
         "LEVITY_WORKERS", 1,
@@ -80,7 +105,8 @@ class Settings:
         "BootNotification answer for chargers not registered in the database: accept them "
         "(and register), or answer pending/rejected", choices=("accept", "pending", "rejected"))
     heartbeat_interval: int = opt("LEVITY_HEARTBEAT_INTERVAL", 300,
-                                  "heartbeat interval (s) sent in the BootNotification answer", parse=int)
+                                  "heartbeat interval (s) sent in the BootNotification answer",
+                                  parse=_positive_int)
     id_tags_file: str | None = opt(
         "LEVITY_ID_TAGS_FILE", None,
         "YAML/JSON mapping of id tag to status (Accepted, Blocked, Expired, Invalid); "
@@ -89,6 +115,10 @@ class Settings:
         "LEVITY_LENIENT_MEASURANDS", False,
         "accept out-of-spec measurand/unit/phase/context/location values in MeterValues and "
         "StopTransaction (for chargers known to send them)", parse=_bool, metavar="BOOL")
+    lenient_timestamps: bool = opt(
+        "LEVITY_LENIENT_TIMESTAMPS", False,
+        "accept timestamps that are not RFC 3339 date-times with an offset (e.g. no time zone) instead of "
+        "answering PropertyConstraintViolation (for chargers known to send them)", parse=_bool, metavar="BOOL")
     # Limits and security (OCPP 1.6 security whitepaper profiles)
     max_frame_bytes: int = opt("LEVITY_MAX_FRAME_BYTES", 65536,
                                "largest WebSocket message accepted; bigger ones close the connection (1009)",
@@ -97,7 +127,27 @@ class Settings:
                                       "calls per second per charger before Levity slows its answers "
                                       "(bursts of twice that are allowed)", parse=_positive_float)
     max_connections: int = opt("LEVITY_MAX_CONNECTIONS", 20000,
-                               "concurrent charger connections; more are refused with HTTP 503", parse=int)
+                               "concurrent charger connections; more are refused with HTTP 503",
+                               parse=_positive_int)
+    max_queued_frames: int = opt(
+        "LEVITY_MAX_QUEUED_FRAMES", 32,
+        "frames of one charger waiting for its handler (throttled, waiting for an fsync) before Levity stops "
+        "reading its socket (TCP backpressure) until half of them are handled", parse=_positive_int)
+    max_queued_bytes: int = opt(
+        "LEVITY_MAX_QUEUED_BYTES", 1 << 20,
+        "size of the frames of one charger waiting for its handler before Levity stops reading its socket",
+        parse=_size)
+    max_send_buffer_bytes: int = opt(
+        "LEVITY_MAX_SEND_BUFFER_BYTES", 256 << 10,
+        "answers buffered for a charger that does not read them before Levity stops reading its calls",
+        parse=_size)
+    auth_failures_per_minute: int = opt(
+        "LEVITY_AUTH_FAILURES_PER_MINUTE", 10,
+        "failed Basic auth attempts per charge point id per minute (bursts of as many) before further "
+        "attempts are answered 429 without checking the password", parse=_positive_int)
+    auth_failures_per_address_per_minute: int = opt(
+        "LEVITY_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE", 60,
+        "the same per remote address (higher: chargers behind one NAT share an address)", parse=_positive_int)
     ping_interval: float = opt("LEVITY_PING_INTERVAL", 60.0,
                                "seconds between WebSocket pings to each charger", parse=_positive_float)
     ping_timeout: float = opt("LEVITY_PING_TIMEOUT", 60.0,
@@ -155,7 +205,7 @@ class Settings:
     flush_interval: float = opt("LEVITY_FLUSH_INTERVAL", 0.2,
                                 "longest wait (s) before a batch of non-transaction events is written",
                                 parse=_positive_float)
-    batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=int)
+    batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=_positive_int)
 
     def secret(self, name: str) -> bytes | None:
         """The value of a secret setting, from its variable or its *_file companion."""
@@ -206,6 +256,6 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
         if meta["choices"] and value not in meta["choices"]:
-            raise ConfigError(f"{source}: expected one of {', '.join(meta['choices'])}, got {value!r}")
+            raise ConfigError(f"{source}: expected one of {', '.join(map(str, meta['choices']))}, got {raw!r}")
         values[f.name] = value
     return Settings(**values)

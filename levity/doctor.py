@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgpack
 
-from levity.config import ConfigError, Settings, add_arguments, load_settings
+from levity.config import ConfigError, Settings, add_arguments, is_loopback_host, load_settings
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 EXIT = {OK: 0, WARN: 1, FAIL: 2}
@@ -92,9 +92,22 @@ def check_configuration(settings: Settings, report: Report) -> bytes | None:
                                                f"{settings.id_tag_mode}: the key is not used")
         else:
             report.add("id_tag privacy", OK, f"id_tag mode {settings.id_tag_mode}")
+    check_charger_authentication(settings, report)
     if settings.batch_size < 1:
         report.add("batch size", FAIL, f"LEVITY_BATCH_SIZE must be at least 1, not {settings.batch_size}")
     return shared_key
+
+
+def check_charger_authentication(settings: Settings, report: Report) -> None:
+    """Profile 0 on a listener other hosts reach lets anyone connect as any charge point."""
+    if settings.security_profile == 0 and not is_loopback_host(settings.host):
+        report.add("charger authentication", WARN,
+                   f"LEVITY_HOST {settings.host} is reachable from other hosts and LEVITY_SECURITY_PROFILE is 0: "
+                   f"anyone who reaches port {settings.port} can connect as any charge point (the newest "
+                   f"connection wins) and inject transactions; use profile 2 or 3 (docs/security.md)")
+    else:
+        report.add("charger authentication", OK,
+                   f"security profile {settings.security_profile} on {settings.host}:{settings.port}")
 
 
 def check_spool(settings: Settings, report: Report) -> None:

@@ -11,12 +11,16 @@ Error codes (OCPP-J 1.6, section 4.2.3), as Levity uses them:
 | what is wrong                                      | CALLERROR code               |
 |----------------------------------------------------|------------------------------|
 | not JSON, not an array, bad element types/count    | FormationViolation           |
+| NaN, Infinity, numbers beyond a double (1e999)     | FormationViolation           |
+| UniqueId empty or longer than 36 characters        | FormationViolation           |
 | unknown message type id                            | FormationViolation           |
 | action not defined by OCPP 1.6                     | NotImplemented               |
 | 1.6 action that a Central System does not take     | NotSupported                 |
 | payload field of the wrong JSON type               | TypeConstraintViolation      |
 | missing required field, unexpected extra field     | OccurenceConstraintViolation |
 | value out of range: enum, length, minimum, format  | PropertyConstraintViolation  |
+| negative connectorId (0 in StartTransaction)       | PropertyConstraintViolation  |
+| date-time field not RFC 3339 (2024-01-15T10:00:00Z)| PropertyConstraintViolation  |
 | payload not an object                              | FormationViolation           |
 | handler failure                                    | InternalError                |
 
@@ -28,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -96,6 +102,7 @@ class Reply:
     unique_id: str
     payload: Any
     error_code: str | None = None
+    error_description: str = ""
 
 
 INT64 = range(-(2**63), 2**63)
@@ -103,6 +110,31 @@ INT64 = range(-(2**63), 2**63)
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON grammar, but no double holds it
+        raise ValueError("number out of range")
+    return value
+
+
+# RFC 3339 date-time (the schemas' "date-time" format), with the offset required: a charger's
+# local time without one cannot be placed on the timeline. Checked on the fields the schemas
+# mark date-time only (fastjsonschema calls this per field), never on whole frames.
+_DATE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(?:[Zz]|[+-](\d\d):(\d\d))")
+
+
+def is_rfc3339_date_time(value: str) -> bool:
+    match = _DATE_TIME.fullmatch(value) if len(value) <= 40 else None
+    if match is None:
+        return False
+    year, month, day, hour, minute, second, offset_hours, offset_minutes = match.groups()
+    try:
+        datetime(int(year), int(month), int(day), int(hour), int(minute), min(int(second), 59))
+    except ValueError:  # 2024-02-30, 25:00, ...
+        return False
+    return int(second) <= 60 and int(offset_hours or 0) < 24 and int(offset_minutes or 0) < 60
 
 
 def _oversized_integer(value: Any) -> bool:
@@ -127,7 +159,7 @@ def _loads(raw: str) -> tuple[Any, bool]:
     except orjson.JSONDecodeError:
         # Slow path for what orjson refuses (deep nesting, ...): the standard parser tells a
         # broken frame from a merely out-of-range value.
-        return json.loads(raw, parse_constant=_reject_constant), True
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float), True
 
 
 # Payload keys between OCPP's camelCase and the handlers' snake_case. The `ocpp` library
@@ -196,12 +228,15 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     unique_id = message[1] if len(message) > 1 and isinstance(message[1], str) else "-1"
     if len(unique_id) > MAX_UNIQUE_ID_LENGTH:
         raise CallError("FormationViolation", f"UniqueId longer than {MAX_UNIQUE_ID_LENGTH} characters")
+
     if len(message) < 2 or not isinstance(message[1], str):
         raise CallError("FormationViolation", "UniqueId (element 2) must be a string")
     message_type = message[0]
     if type(message_type) is not int:  # 2.0 and true are not MessageTypeIds
         raise CallError("FormationViolation", "MessageTypeId must be an integer", unique_id)
     if message_type == CALL:
+        if not unique_id:  # an answer to "" could not be told apart from one to a broken frame
+            raise CallError("FormationViolation", "UniqueId must not be empty")
         if len(message) != 4 or not isinstance(message[2], str):
             raise CallError("FormationViolation", "CALL must be [2, UniqueId, Action, Payload]", unique_id)
         if not isinstance(message[3], dict):
@@ -210,25 +245,53 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
     if message_type == CALLRESULT and len(message) == 3:
         return Reply(CALLRESULT, unique_id, message[2])
     if message_type == CALLERROR and len(message) == 5:
-        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]))
+        return Reply(CALLERROR, unique_id, message[4], error_code=str(message[2]),
+                     error_description=str(message[3])[:MAX_DESCRIPTION_LENGTH])
     raise CallError("FormationViolation", f"unknown MessageTypeId or wrong length: {str(message_type)[:20]}",
                     unique_id)
+
+
+def _any_date_time(value: str) -> bool:
+    return True
+
+
+def compile_schema(name: str, adjust: Callable[[dict], None] | None = None,
+                   date_time: Callable[[str], bool] = _any_date_time) -> Callable[[Any], Any]:
+    """The bundled OCA schema `name` (e.g. `Reset`, `ResetResponse`) compiled with fastjsonschema.
+    `date_time` checks the fields the schema marks `format: date-time` (by default not at all)."""
+    schema = json.loads((_SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8-sig"))
+    if adjust is not None:
+        adjust(schema)
+    return fastjsonschema.compile(schema, formats={"date-time": date_time})
+
+
+def schema_error_text(exc: fastjsonschema.JsonSchemaValueException) -> str:
+    """A schema failure in words naming the property (`type must be one of ...`)."""
+    field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
+    return exc.message.replace(exc.name or "", field, 1)
 
 
 class PayloadValidator:
     """Validates CALL payloads of charge point actions against the bundled OCPP 1.6 schemas."""
 
-    def __init__(self, lenient_measurands: bool = False):
+    def __init__(self, lenient_measurands: bool = False, lenient_timestamps: bool = False):
         self._validators: dict[str, Callable[[Any], Any]] = {}
         self._lenient_measurands = lenient_measurands
+        self._lenient_timestamps = lenient_timestamps
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
-        schema = json.loads((_SCHEMA_DIR / f"{action}.json").read_text(encoding="utf-8-sig"))
-        if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
-            _relax_sampled_value_enums(schema)
-        # Timestamps are not format-checked, as the ocpp library does not either: chargers in
-        # the field send many ISO 8601 variants and refusing them would lose their data.
-        return fastjsonschema.compile(schema, formats={"date-time": lambda value: True})
+        def adjust(schema: dict) -> None:
+            if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
+                _relax_sampled_value_enums(schema)
+            connector = schema.get("properties", {}).get("connectorId")
+            if connector is not None:
+                # OCPP 1.6: connectorId > 0 in StartTransaction, >= 0 elsewhere; the JSON schemas omit it.
+                connector["minimum"] = 1 if action == "StartTransaction" else 0
+
+        # LEVITY_LENIENT_TIMESTAMPS: for chargers known to send other ISO 8601 variants
+        # (no offset, a space for the T); their data is kept rather than refused.
+        return compile_schema(action, adjust,
+                              _any_date_time if self._lenient_timestamps else is_rfc3339_date_time)
 
     def compile(self, actions) -> None:
         """Compile ahead of the first call (about 60 ms for all ten)."""
@@ -247,9 +310,7 @@ class PayloadValidator:
             validator(call.payload)
         except fastjsonschema.JsonSchemaValueException as exc:
             code = _RULE_TO_CODE.get(exc.rule, "PropertyConstraintViolation")
-            field = (exc.name or "data").removeprefix("data").lstrip(".") or "payload"
-            raise CallError(code, f"{call.action}: {exc.message.replace(exc.name or '', field, 1)}",
-                            call.unique_id) from None
+            raise CallError(code, f"{call.action}: {schema_error_text(exc)}", call.unique_id) from None
         if call.may_hold_large_integers:
             oversized = _oversized_integer(call.payload)
         else:

@@ -25,6 +25,7 @@ import sqlite3
 import ssl
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import unquote, urlsplit
@@ -32,10 +33,13 @@ from urllib.parse import unquote, urlsplit
 from websockets.http11 import Request, Response
 
 from levity import __version__
+from levity.api.local import LocalOperations
 from levity.audit.events import EventFactory, IdTagPolicy
-from levity.auth import CredentialCache, certificate_common_name, parse_basic_auth, verify_password
+from levity.auth import (CredentialCache, FailureLimiter, certificate_common_name, parse_basic_auth,
+                         verify_password)
 from levity.audit.sink import AuditSink, make_sink, wait_closed
 from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
+from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
 from levity.store import Store
@@ -47,14 +51,22 @@ SUBPROTOCOL = "ocpp1.6"
 # OCPP 2.0.1's identifierString, max 48 characters as chargeBoxIdentity in OCPP 1.6.
 CHARGE_POINT_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
 SHUTDOWN_FLUSH_SECONDS = 10.0
+# Password checks (scrypt: ~16 MiB and tens of milliseconds each) run on a small executor of
+# their own, so that a flood of wrong passwords cannot take the default executor or memory
+# from the rest; beyond this many waiting checks a handshake is answered 503 at once.
+PASSWORD_CHECK_THREADS = 2
+MAX_WAITING_PASSWORD_CHECKS = 64
+SPOOL_HOLD_POLL_SECONDS = 0.1
 
 
 def charge_point_id_from_path(path: str) -> str | None:
-    segments = [s for s in urlsplit(path).path.split("/") if s]
-    if not segments:
+    """The last path segment, or None when the path is not a plain one: an id must never name
+    another place (a decoded '/', a '.' or '..' segment, '..' inside the id)."""
+    segments = [unquote(s) for s in urlsplit(path).path.split("/") if s]
+    if not segments or any(s in (".", "..") or "/" in s or "\\" in s for s in segments):
         return None
-    candidate = unquote(segments[-1])
-    return candidate if CHARGE_POINT_ID.fullmatch(candidate) else None
+    candidate = segments[-1]
+    return candidate if CHARGE_POINT_ID.fullmatch(candidate) and ".." not in candidate else None
 
 
 def format_address(address) -> str:
@@ -71,6 +83,7 @@ class Session:
     remote_address: str
     connected_at: float = field(default_factory=time.monotonic)
     replaced: bool = False
+    sender: CallSender | None = None  # calls Levity sends it (operator API), made on the first
 
 
 class StartupError(Exception):
@@ -97,17 +110,29 @@ class CentralSystem:
         self.events = EventFactory(settings.tag_prefix, id_tags)
         self.context = CentralSystemContext(
             store=self.store, sink=self.sink, events=self.events, authorizer=authorizer,
-            validator=PayloadValidator(lenient_measurands=settings.lenient_measurands),
+            validator=PayloadValidator(lenient_measurands=settings.lenient_measurands,
+                                       lenient_timestamps=settings.lenient_timestamps),
             boot_policy=settings.boot_policy, heartbeat_interval=settings.heartbeat_interval,
             max_calls_per_second=settings.max_calls_per_second,
         )
         self.sessions: dict[str, Session] = {}
         self.credentials = CredentialCache()
+        self.auth_failures_by_id = FailureLimiter(settings.auth_failures_per_minute)
+        self.auth_failures_by_address = FailureLimiter(settings.auth_failures_per_address_per_minute)
+        self._password_checks: ThreadPoolExecutor | None = None  # created on the first check
+        self._waiting_password_checks = 0
+        self.auth_stats = {"password_checks": 0, "refused_rate_limited": 0, "refused_busy": 0}
+        self.reading_pauses: dict[str, int] = {}  # why a connection stopped reading -> times
+        self._held: set[OcppConnection] = set()  # stopped while the spool is full (overflow=block)
+        self._release_task: asyncio.Task | None = None
         self.refused: dict[int, int] = {}  # HTTP status -> count, for /metrics
         self.ssl_context = self._ssl_context()
         self._server: asyncio.Server | None = None
         self.accepting_connections = True
         self._keepalive_task: asyncio.Task | None = None
+        self.command_schemas = CommandSchemas()
+        self.operations = LocalOperations(self)  # what the operator API asks of this process
+        self.api_listener = None
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -152,10 +177,10 @@ class CentralSystem:
         if self.settings.unknown_charge_points == "refuse" and not self.store.is_registered(charge_point_id):
             return self._refuse(connection, HTTPStatus.NOT_FOUND, "Unknown charge point")
         profile = self.settings.security_profile
-        if profile in (1, 2) and not await self._basic_auth_ok(charge_point_id, request):
-            response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "Authentication required")
-            response.headers["WWW-Authenticate"] = 'Basic realm="Levity OCPP", charset="UTF-8"'
-            return response
+        if profile in (1, 2):
+            refusal = await self._basic_auth_refusal(connection, charge_point_id, request)
+            if refusal is not None:
+                return refusal
         if profile == 3:
             common_name = certificate_common_name(connection.transport.get_extra_info("peercert"))
             if common_name != charge_point_id:
@@ -170,23 +195,55 @@ class CentralSystem:
         self.refused[status.value] = self.refused.get(status.value, 0) + 1
         return connection.protocol.reject(status, text + "\n")
 
-    async def _basic_auth_ok(self, charge_point_id: str, request: Request) -> bool:
+    async def _basic_auth_refusal(self, connection: OcppConnection, charge_point_id: str,
+                                  request: Request) -> Response | None:
+        """None when the Basic auth credentials are right; else the 401, 429 or 503 to answer."""
         credentials = parse_basic_auth(request.headers.get("Authorization"))
+        stored = self.store.password_hash(charge_point_id)
+        if credentials is not None and credentials[0] == charge_point_id and stored is not None \
+                and self.credentials.known(charge_point_id, credentials[1], stored):
+            return None  # proven before against this very hash: no scrypt, no rate limit
+        address = connection.remote_address[0] if connection.remote_address else "unknown"
+        for limiter, key in ((self.auth_failures_by_id, charge_point_id), (self.auth_failures_by_address, address)):
+            if limiter.blocked(key):
+                self.auth_stats["refused_rate_limited"] += 1
+                response = self._refuse(connection, HTTPStatus.TOO_MANY_REQUESTS,
+                                        "Too many failed authentication attempts; try again later")
+                response.headers["Retry-After"] = str(limiter.retry_after(key))
+                return response
         if credentials is None or credentials[0] != charge_point_id:
             log.warning("%s: refused: missing or mismatched Basic auth user", charge_point_id)
-            return False
-        password = credentials[1]
-        if self.credentials.known(charge_point_id, password):
-            return True
-        stored = self.store.password_hash(charge_point_id)
-        # scrypt takes tens of milliseconds: off the event loop.
-        ok = stored is not None and await asyncio.get_running_loop().run_in_executor(
-            None, verify_password, password, stored)
-        if ok:
-            self.credentials.remember(charge_point_id, password)
+            ok = False
+        elif stored is None:
+            log.warning("%s: refused: no password set", charge_point_id)
+            ok = False
+        elif self._waiting_password_checks >= MAX_WAITING_PASSWORD_CHECKS:
+            self.auth_stats["refused_busy"] += 1
+            return self._refuse(connection, HTTPStatus.SERVICE_UNAVAILABLE, "Busy checking passwords; try again later")
         else:
-            log.warning("%s: refused: wrong password or none set", charge_point_id)
-        return ok
+            ok = await self._check_password(credentials[1], stored)
+            if ok:
+                self.credentials.remember(charge_point_id, credentials[1], stored)
+            else:
+                log.warning("%s: refused: wrong password", charge_point_id)
+        if ok:
+            return None
+        self.auth_failures_by_id.failed(charge_point_id)
+        self.auth_failures_by_address.failed(address)
+        response = self._refuse(connection, HTTPStatus.UNAUTHORIZED, "Authentication required")
+        response.headers["WWW-Authenticate"] = 'Basic realm="Levity OCPP", charset="UTF-8"'
+        return response
+
+    async def _check_password(self, password: str, stored: str) -> bool:
+        if self._password_checks is None:
+            self._password_checks = ThreadPoolExecutor(PASSWORD_CHECK_THREADS, thread_name_prefix="levity-password")
+        self._waiting_password_checks += 1
+        self.auth_stats["password_checks"] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._password_checks, verify_password, password, stored)
+        finally:
+            self._waiting_password_checks -= 1
 
     def _http(self, connection: OcppConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
@@ -213,7 +270,62 @@ class CentralSystem:
         lines.append(f"levity_calls_not_stored {self.context.not_stored}")
         for name, value in sorted(self.store.stats().items()):
             lines.append(f"levity_store_{name} {value}")
+        lines.extend(self._limit_lines())
+        lines += self.operations.metrics_lines()
         return "\n".join(lines) + "\n"
+
+    def _limit_lines(self) -> list[str]:
+        """Per-connection bounds, what they hold now, and the authentication limits."""
+        settings = self.settings
+        connections = [session.connection for session in self.sessions.values()]
+        paused: dict[str, int] = {}
+        for connection in connections:
+            for reason in connection.paused:
+                paused[reason] = paused.get(reason, 0) + 1
+        lines = [
+            f"levity_limit_max_queued_frames {settings.max_queued_frames}",
+            f"levity_limit_max_queued_bytes {settings.max_queued_bytes}",
+            f"levity_limit_max_send_buffer_bytes {settings.max_send_buffer_bytes}",
+            f"levity_queued_frames {sum(c.queued_frames for c in connections)}",
+            f"levity_queued_frames_max {max((c.queued_frames for c in connections), default=0)}",
+            f"levity_queued_bytes {sum(c.queued_bytes for c in connections)}",
+            f"levity_send_buffer_bytes {sum(c.send_buffer_bytes for c in connections)}",
+        ]
+        for reason in ("queue", "send", "spool"):
+            lines.append(f'levity_connections_reading_paused{{reason="{reason}"}} {paused.get(reason, 0)}')
+            lines.append(f'levity_reading_pauses_total{{reason="{reason}"}} {self.reading_pauses.get(reason, 0)}')
+        for name, value in sorted(self.auth_stats.items()):
+            lines.append(f"levity_auth_{name} {value}")
+        entries = len(self.auth_failures_by_id) + len(self.auth_failures_by_address)
+        lines.append(f"levity_auth_failure_table_entries {entries}")
+        return lines
+
+    # Backpressure from the audit spool ------------------------------------------------------
+
+    def holding(self, connection: OcppConnection) -> bool:
+        """True while the audit spool is full under LEVITY_SPOOL_OVERFLOW=block: the connection
+        stops reading and its next call waits, so connected chargers stop growing the spool
+        as new ones are refused. The audit sender keeps draining the spool meanwhile."""
+        if self.sink.accepting or not self.accepting_connections:
+            return False
+        if connection not in self._held:
+            self._held.add(connection)
+            connection.pause("spool")
+            if self._release_task is None:
+                self._release_task = asyncio.ensure_future(self._release_when_spool_drains())
+        return True
+
+    async def _release_when_spool_drains(self) -> None:
+        # Polled: the spool has no "drained" callback, and this runs only while it is full.
+        try:
+            while not self.sink.accepting and self.accepting_connections:
+                await asyncio.sleep(SPOOL_HOLD_POLL_SECONDS)
+        finally:
+            self._release_task = None
+            held, self._held = self._held, set()
+            for connection in held:
+                connection.resume("spool")
+                connection.drain_again()
 
     # Connections --------------------------------------------------------------------------
 
@@ -259,6 +371,8 @@ class CentralSystem:
             await asyncio.sleep(min(interval, timeout) / 2)
             now = time.monotonic()
             for session in list(self.sessions.values()):
+                if "queue" in session.connection.paused or "spool" in session.connection.paused:
+                    continue  # Levity stopped reading it, not the charger: not idle
                 idle = now - session.connection.last_seen
                 if idle > interval + timeout:
                     log.warning("%s: no pong within %.0fs: closing", session.charge_point_id, timeout)
@@ -272,6 +386,7 @@ class CentralSystem:
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         self.context.validator.compile(ChargePoint.routes())
+        self.command_schemas.compile_all()
         try:
             await self.sink.start()
         except OSError as exc:
@@ -294,14 +409,24 @@ class CentralSystem:
         scheme = "wss" if self.ssl_context else "ws"
         log.info("Levity %s listening on %s://%s:%d/<charge_point_id> (security profile %d)", __version__, scheme,
                  settings.host, self.port, settings.security_profile)
+        if settings.api_port:
+            from levity.api import serve_api
+            from levity.api.tokens import TokenStore
+
+            self.api_listener = await serve_api(settings, self.operations, TokenStore(self.store),
+                                                self.command_schemas)
 
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
         self.accepting_connections = False
+        if self.api_listener is not None:
+            await self.api_listener.stop()
         if self._server is not None:
             self._server.close()  # stop accepting
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
+        if self._release_task is not None:
+            self._release_task.cancel()
         for session in list(self.sessions.values()):
             session.connection.close(1001, "server shutting down")
         for _ in range(50):  # chargers answer the close frame within milliseconds
@@ -313,6 +438,8 @@ class CentralSystem:
         await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
         await self.store.drain()
         self.store.close()
+        if self._password_checks is not None:
+            self._password_checks.shutdown(wait=False, cancel_futures=True)
         log.info("stopped")
 
 

@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS meter_values (
     unit TEXT, phase TEXT, context TEXT, location TEXT, format TEXT
 );
 CREATE INDEX IF NOT EXISTS meter_values_tx ON meter_values (transaction_id);
+CREATE TABLE IF NOT EXISTS api_tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+);
 """
 
 
@@ -275,6 +281,15 @@ class Store:
             raise StorageError(f"the database refused a write: {exc}") from exc
         if outcome.error is not None:
             raise StorageError(f"database commit failed: {outcome.error}") from outcome.error
+
+    def _write_now(self, sql: str, params=()) -> int:
+        """Command line only: commit what is queued, then this statement in its own transaction;
+        its rowcount. The database's errors are raised as they are (sqlite3.IntegrityError...)."""
+        assert self._loop is None, "the event loop's writes go through the writer thread"
+        self.commit()
+        with self._db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+            self._db.execute("BEGIN IMMEDIATE")
+            return self._db.execute(sql, params).rowcount
 
     async def commit_durable(self, key: int | None = None) -> None:
         """Return once everything written so far is committed with synchronous=FULL.
@@ -550,6 +565,63 @@ class Store:
         if rows:
             self._group.meter_rows += rows
             self._schedule()
+
+    # Operator API: read queries --------------------------------------------------------------
+
+    def charge_point_rows(self, charge_point_id: str | None = None) -> list[dict[str, Any]]:
+        """Known charge points with when they were last heard of (boot, heartbeat or status):
+        the committed state (writes commit within a turn of the event loop)."""
+        where = "WHERE cp.id = ?" if charge_point_id is not None else ""
+        cursor = self._db.execute(
+            "SELECT cp.id, cp.registered, cp.vendor, cp.model, cp.serial_number, cp.firmware_version, "
+            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, "
+            "(SELECT max(updated_at) FROM connectors c WHERE c.charge_point_id = cp.id) AS last_status "
+            f"FROM charge_points cp {where} ORDER BY cp.id", () if charge_point_id is None else (charge_point_id,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    def connectors(self, charge_point_id: str) -> list[dict[str, Any]]:
+        cursor = self._db.execute(
+            "SELECT connector_id, status, error_code, info, vendor_error_code, status_timestamp, updated_at "
+            "FROM connectors WHERE charge_point_id = ? ORDER BY connector_id", (charge_point_id,))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    def transaction_rows(self, charge_point_id: str | None = None, open_only: bool | None = None,
+                         limit: int = 1000) -> list[dict[str, Any]]:
+        """Transactions, newest first; open_only True/False keeps the open/closed ones."""
+        conditions, params = [], []
+        if charge_point_id is not None:
+            conditions.append("charge_point_id = ?")
+            params.append(charge_point_id)
+        if open_only is not None:
+            conditions.append("stopped_at IS NULL" if open_only else "stopped_at IS NOT NULL")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        cursor = self._db.execute(
+            "SELECT id AS transaction_id, charge_point_id, connector_id, id_tag, meter_start, meter_stop, "
+            "meter_stop - meter_start AS energy_delivered, start_timestamp AS started_at, "
+            "stop_timestamp AS stopped_at, stop_reason, reservation_id, created_at AS recorded_at, "
+            f"stopped_at AS stop_recorded_at FROM transactions {where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    # Operator API tokens (only their hashes) ----------------------------------------------------
+
+    def add_api_token(self, name: str, role: str, token_hash: str, now: str) -> None:
+        """sqlite3.IntegrityError when the name is taken."""
+        self._write_now("INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                        (name, role, token_hash, now))
+
+    def revoke_api_token(self, name: str) -> bool:
+        return self._write_now("DELETE FROM api_tokens WHERE name = ?", (name,)) > 0
+
+    def api_tokens(self) -> list[tuple[str, str, str]]:
+        """(name, role, created_at) of every token."""
+        return self._db.execute("SELECT name, role, created_at FROM api_tokens ORDER BY name").fetchall()
+
+    def api_token(self, token_hash: str) -> tuple[str, str] | None:
+        """(name, role) of the token with this hash."""
+        return self._db.execute("SELECT name, role FROM api_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
 
     def count(self, table: str) -> int:
         assert table in ("charge_points", "connectors", "transactions", "meter_values")

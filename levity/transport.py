@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
@@ -23,10 +24,15 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
+from levity.protocol import CallError, Reply, parse_frame
+
 if TYPE_CHECKING:
     from levity.server import CentralSystem
 
 log = logging.getLogger("levity.transport")
+
+# A CALLRESULT [3, ...] or CALLERROR [4, ...]: looked for only while a call of ours is pending.
+_REPLY_FRAME = re.compile(r"\s*\[\s*[34]\s*,")
 
 CLOSE_TIMEOUT = 10.0
 
@@ -97,16 +103,24 @@ class OcppConnection(asyncio.Protocol):
         self.on_message: Callable[[str], Awaitable[None]] | None = None  # set once open
         self.on_close: Callable[["OcppConnection"], None] | None = None
         self._queue: deque[str | bytes] = deque()
+        self._queued_bytes = 0  # characters of text frames, bytes of binary ones
+        self._max_queued_frames = settings.max_queued_frames
+        self._max_queued_bytes = settings.max_queued_bytes
+        self.paused: set[str] = set()  # why reading is paused: handshake, send, queue, spool
         self._waiting = False  # a message's handling continues in a task
         self._fragments: list[bytes] = []
         self._message_opcode = Opcode.TEXT
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Calls Levity sent to this charger, by unique id, each waiting for its Reply
+        # (levity/commands.py); ended with ConnectionError when the connection goes.
+        self.pending_calls: dict[str, asyncio.Future] = {}
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        transport.set_write_buffer_limits(high=self.central.settings.max_send_buffer_bytes)
         self.remote_address = transport.get_extra_info("peername")
         self._timer = asyncio.get_running_loop().call_later(
             self.central.settings.handshake_timeout, self._handshake_expired)
@@ -127,16 +141,39 @@ class OcppConnection(asyncio.Protocol):
             self._timer.cancel()
         if self.protocol.state is not CLOSED:
             self.protocol.state = CLOSED
+        if self.pending_calls:
+            pending, self.pending_calls = self.pending_calls, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("the charger disconnected"))
         if self.on_close is not None:
             on_close, self.on_close = self.on_close, None
             on_close(self)
 
     def pause_writing(self) -> None:
         # The charger does not read its answers: stop reading its calls until it does.
-        self.transport.pause_reading()
+        self.pause("send")
 
     def resume_writing(self) -> None:
-        self.transport.resume_reading()
+        self.resume("send")
+
+    # Backpressure: several reasons can hold reading paused at once; the socket is read
+    # again only when the last one is gone (the kernel's buffers then push back on the charger).
+
+    def pause(self, reason: str) -> None:
+        if reason in self.paused:
+            return
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused.add(reason)
+        pauses = self.central.reading_pauses
+        pauses[reason] = pauses.get(reason, 0) + 1
+
+    def resume(self, reason: str) -> None:
+        if reason in self.paused:
+            self.paused.discard(reason)
+            if not self.paused and not self._closed:
+                self.transport.resume_reading()
 
     # Events from websockets ---------------------------------------------------------------
 
@@ -168,17 +205,60 @@ class OcppConnection(asyncio.Protocol):
                 return
         if self.on_message is None or self.protocol.state is not OPEN:
             return
+        if self.pending_calls and type(message) is str and _REPLY_FRAME.match(message) and self._take_reply(message):
+            return
         self._queue.append(message)
+        self._queued_bytes += len(message)
+        if len(self._queue) >= self._max_queued_frames or self._queued_bytes >= self._max_queued_bytes:
+            self.pause("queue")  # frames already read still queue: at most one read more
         if not self._waiting:
             self._drain()
+
+    def _take_reply(self, message: str) -> bool:
+        """Hand an answer to the call of ours it belongs to at once: it must not wait behind
+        (or be throttled with) this charger's own calls, one of which may be waiting for it."""
+        try:
+            reply = parse_frame(message)
+        except CallError:
+            return False  # broken: the handlers answer it as usual
+        future = self.pending_calls.pop(reply.unique_id, None) if isinstance(reply, Reply) else None
+        if future is None:
+            return False  # not ours: the handlers log it
+        if not future.done():
+            future.set_result(reply)
+        return True
 
     def _drain(self) -> None:
         """Handle queued messages in order, each answered before the next is read."""
         while self._queue and not self._closed:
-            task = run_eagerly(self.on_message(self._queue.popleft()), self._message_done)
+            if self.central.holding(self):
+                return  # the central system calls drain_again() when the hold ends
+            message = self._queue.popleft()
+            self._queued_bytes -= len(message)
+            if "queue" in self.paused and len(self._queue) <= self._max_queued_frames // 2 \
+                    and self._queued_bytes <= self._max_queued_bytes // 2:
+                self.resume("queue")
+            task = run_eagerly(self.on_message(message), self._message_done)
             if task is not None:
                 self._waiting = True  # _message_done carries on when the task ends
                 return
+
+    def drain_again(self) -> None:
+        if not self._waiting:
+            self._drain()
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def send_buffer_bytes(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None and not transport.is_closing() else 0
 
     def _message_done(self, result: Any, error: BaseException | None) -> None:
         if error is not None:
@@ -191,7 +271,7 @@ class OcppConnection(asyncio.Protocol):
 
     def _start_handshake(self, request: Request) -> None:
         self.request = request
-        self.transport.pause_reading()
+        self.pause("handshake")
         run_eagerly(self.central.check_request(self, request), self._finish_handshake)
 
     def _finish_handshake(self, refusal: Response | None, error: BaseException | None) -> None:
@@ -209,7 +289,7 @@ class OcppConnection(asyncio.Protocol):
             self._timer = None
         if self.protocol.state is OPEN:
             self.central.opened(self)
-        self.transport.resume_reading()
+        self.resume("handshake")
 
     def _handshake_expired(self) -> None:
         if self.protocol.state is CONNECTING:

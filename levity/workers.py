@@ -14,6 +14,12 @@ the id -> worker mapping depends on N, Levity refuses to start when the files on
 made with another number of workers. The supervisor answers /health and /metrics (counters
 summed over the workers) and restarts a worker that dies.
 
+The operator API (levity/api/) listens in the supervisor: it checks tokens (in the unsharded
+database, which holds nothing else then), validates the request, and forwards it over the same
+channel to the worker that owns the charge point (lists go to every worker and are merged).
+Requests and answers on the channel carry a request id, and large ones travel in parts, so
+concurrent requests (a slow call next to a metrics scrape) never get each other's answers.
+
 TLS cannot be peeked at, so more than one worker needs plain ws:// (TLS terminated in front).
 Written by hand: no library routes connections by a field of the HTTP request to processes
 that keep their own state; the pieces (socket.send_fds, MSG_PEEK) are the standard library's.
@@ -30,6 +36,8 @@ import os
 import re
 import signal
 import socket
+import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -38,6 +46,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from levity import __version__
+from levity.commands import Unavailable
 from levity.config import ConfigError, Settings
 
 log = logging.getLogger("levity.workers")
@@ -47,7 +56,11 @@ RESTART_DELAY = 1.0  # before the first restart of a worker that died
 RESTART_DELAY_MAX = 30.0  # doubling per failure in a row: a worker that cannot start is retried this often
 STABLE_SECONDS = 60.0  # a worker that ran this long before dying starts again from RESTART_DELAY
 SHUTDOWN_SECONDS = 20.0  # a worker's own flush is bounded to 10 s (server.SHUTDOWN_FLUSH_SECONDS)
-CONNECTION, METRICS = b"C", b"M"  # messages from the supervisor to a worker
+CONNECTION = b"C"  # supervisor -> worker: a charger's socket (SCM_RIGHTS)
+REQUEST, ANSWER = b"R", b"A"  # supervisor -> worker, worker -> supervisor: one part of a JSON message
+_PART_HEAD = struct.Struct("!cQ?")  # kind, request id, last part
+PART_BYTES = 32768  # below the smallest socket buffer a SOCK_SEQPACKET message must fit in
+CHANNEL_RECEIVE_BYTES = PART_BYTES + _PART_HEAD.size
 _SHARD_RE = re.compile(r"shard(\d+)-of-(\d+)")
 
 
@@ -103,7 +116,7 @@ def check_layout(settings: Settings) -> None:
     found: set[int] = set()
     if settings.database != ":memory:":
         database = Path(settings.database)
-        if database.exists():
+        if database.exists() and _holds_charge_point_state(database):
             found.add(1)
         if database.parent.is_dir():
             for entry in database.parent.iterdir():
@@ -122,6 +135,68 @@ def check_layout(settings: Settings) -> None:
             f"LEVITY_WORKERS: {settings.database} / {settings.spool_dir} hold state made with "
             f"{' and '.join(map(str, others))} worker(s), not {workers}: charge points are assigned to workers "
             f"by id, so start with LEVITY_WORKERS={others[0]} (or move those files away first)")
+
+
+def _holds_charge_point_state(database: Path) -> bool:
+    """The unsharded database is one worker's state when it holds charge points or transactions;
+    with several workers the supervisor keeps only the operator API's tokens in it."""
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return any(db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                       for table in ("charge_points", "connectors", "transactions") if table in tables)
+    except sqlite3.Error:
+        return True  # unreadable: assume it matters
+
+
+# Channel messages -----------------------------------------------------------------------------
+
+def message_parts(kind: bytes, request_id: int, payload: object) -> list[bytes]:
+    data = json.dumps(payload).encode()
+    chunks = [data[i:i + PART_BYTES] for i in range(0, len(data), PART_BYTES)] or [b""]
+    return [_PART_HEAD.pack(kind, request_id, n == len(chunks) - 1) + chunk for n, chunk in enumerate(chunks)]
+
+
+class Reassembly:
+    """Joins the parts of channel messages, which may interleave between request ids."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, list[bytes]] = {}
+
+    def feed(self, message: bytes) -> tuple[bytes, int, object] | None:
+        """(kind, request id, payload) once the last part of a message arrived, else None."""
+        kind, request_id, last = _PART_HEAD.unpack_from(message)
+        data = message[_PART_HEAD.size:]
+        if not last:
+            self._parts.setdefault(request_id, []).append(data)
+            return None
+        data = b"".join(self._parts.pop(request_id, [])) + data
+        return kind, request_id, json.loads(data)
+
+
+async def send_on_channel(channel: socket.socket, parts: list[bytes], fds: list[int] | None = None) -> None:
+    """Send messages on a non-blocking channel, waiting while the peer is behind on reading.
+    Callers hold the channel's send lock, so parts of one message stay together and in order."""
+    loop = asyncio.get_running_loop()
+    for part in parts:
+        while True:
+            try:
+                if fds:
+                    socket.send_fds(channel, [part], fds)
+                else:
+                    channel.send(part)
+                break
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_writer(channel.fileno(), lambda: ready.done() or ready.set_result(None))
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(channel.fileno())
+
+
+class WorkerUnavailable(Unavailable):
+    """The worker did not answer (restarting, or died while handling the request)."""
 
 
 def check_settings(settings: Settings) -> None:
@@ -151,13 +226,18 @@ class Worker:
         self.started_at = 0.0
         self.failures_in_a_row = 0
         self.restart_at: float | None = None  # when a dead worker is started again
-        self._replies: list[asyncio.Future] = []
+        self._requests: dict[int, asyncio.Future] = {}  # by request id
+        self._request_ids = iter(range(1, 2**63))
+        self._reassembly = Reassembly()
+        self._send_lock = asyncio.Lock()
 
     def start(self) -> None:
         self.restarts += 1
         self.started_at = time.monotonic()
         self.restart_at = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for end in (ours, theirs):
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         # Settings travel on stdin, so secrets given as flags never show in the process list.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "levity.workers", str(theirs.fileno()), str(self.index)],
@@ -167,53 +247,68 @@ class Worker:
         theirs.close()
         ours.setblocking(False)
         self.channel = ours
-        for reply in self._replies:
-            reply.cancel()
-        self._replies = []
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._read_replies)
+        self._fail_requests()
+        self._reassembly = Reassembly()
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._read_answers)
 
-    def _read_replies(self) -> None:
+    def _fail_requests(self) -> None:
+        requests, self._requests = self._requests, {}
+        for future in requests.values():
+            if not future.done():
+                future.set_exception(WorkerUnavailable(f"worker {self.index} stopped before it answered"))
+
+    def _read_answers(self) -> None:
         while True:
             try:
-                data = self.channel.recv(1 << 20)
+                data = self.channel.recv(CHANNEL_RECEIVE_BYTES)
             except BlockingIOError:
                 return
             except OSError:
                 data = b""
             if not data:  # the worker is gone; the supervisor's watch restarts it
                 asyncio.get_running_loop().remove_reader(self.channel.fileno())
-                for reply in self._replies:
-                    reply.cancel()
-                self._replies = []
+                self._fail_requests()
                 return
-            if self._replies:
-                reply = self._replies.pop(0)
-                if not reply.done():
-                    reply.set_result(data.decode())
+            try:
+                message = self._reassembly.feed(data)
+            except (struct.error, ValueError):
+                log.error("worker %d sent a malformed answer", self.index)
+                continue
+            if message is not None:
+                _kind, request_id, answer = message
+                future = self._requests.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(answer)
 
     async def hand_over(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                socket.send_fds(self.channel, [CONNECTION], [sock.fileno()])
-                return
-            except BlockingIOError:  # the worker is behind on adopting: wait until it takes more
-                ready = loop.create_future()
-                loop.add_writer(self.channel.fileno(), ready.set_result, None)
-                try:
-                    await ready
-                finally:
-                    loop.remove_writer(self.channel.fileno())
+        # The worker may be behind on adopting: send_on_channel waits until it takes more.
+        async with self._send_lock:
+            await send_on_channel(self.channel, [CONNECTION], [sock.fileno()])
+
+    async def request(self, op: str, args: dict | None = None, timeout: float = 10.0):
+        """The worker's answer to one operation (levity.api.local.LocalOperations.handle, or
+        metrics); WorkerUnavailable when it does not come."""
+        if self.channel is None:
+            raise WorkerUnavailable(f"worker {self.index} is restarting")
+        request_id = next(self._request_ids)
+        future = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = future
+        try:
+            async with self._send_lock:
+                await send_on_channel(self.channel, message_parts(REQUEST, request_id, {"op": op, "args": args or {}}))
+            answer = await asyncio.wait_for(future, timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise WorkerUnavailable(f"worker {self.index} did not answer: {exc or 'timeout'}") from None
+        finally:
+            self._requests.pop(request_id, None)
+        if "error" in answer:
+            raise WorkerUnavailable(f"worker {self.index} failed: {answer['error']}")
+        return answer["result"]
 
     async def metrics(self, timeout: float = 2.0) -> str | None:
-        if self.channel is None:  # being restarted
-            return None
-        reply = asyncio.get_running_loop().create_future()
-        self._replies.append(reply)
         try:
-            self.channel.send(METRICS)
-            return await asyncio.wait_for(reply, timeout)
-        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            return await self.request("metrics", timeout=timeout)
+        except WorkerUnavailable:
             return None
 
     @property
@@ -228,6 +323,42 @@ class Worker:
                 pass
             self.channel.close()
             self.channel = None
+        self._fail_requests()
+
+
+class WorkerOperations:
+    """The operator API's backend in the supervisor: each request goes to the worker that owns
+    the charge point; lists are gathered from every worker and merged."""
+
+    FORWARD_MARGIN = 5.0  # seconds a worker gets beyond the call's own timeout to answer
+
+    def __init__(self, workers: list[Worker]):
+        self.workers = workers
+
+    def _owner(self, charge_point_id: str) -> Worker:
+        return self.workers[worker_index(charge_point_id, len(self.workers))]
+
+    async def _all(self, op: str, args: dict | None = None) -> list:
+        answers = await asyncio.gather(*(w.request(op, args) for w in self.workers))
+        return [item for answer in answers for item in answer]
+
+    async def charge_points(self) -> list[dict]:
+        return sorted(await self._all("charge_points"), key=lambda item: item["id"])
+
+    async def charge_point(self, charge_point_id: str) -> dict | None:
+        return await self._owner(charge_point_id).request("charge_point", {"charge_point_id": charge_point_id})
+
+    async def transactions(self, charge_point_id: str | None, open_only: bool | None, limit: int) -> list[dict]:
+        args = {"charge_point_id": charge_point_id, "open_only": open_only, "limit": limit}
+        if charge_point_id is not None:
+            return await self._owner(charge_point_id).request("transactions", args)
+        items = await self._all("transactions", args)
+        return sorted(items, key=lambda item: item["transaction_id"], reverse=True)[:limit]
+
+    async def call(self, charge_point_id: str, action: str, payload: dict, requested_by: str, timeout: float) -> dict:
+        args = {"charge_point_id": charge_point_id, "action": action, "payload": payload,
+                "requested_by": requested_by, "timeout": timeout}
+        return await self._owner(charge_point_id).request("call", args, timeout + self.FORWARD_MARGIN)
 
 
 class Supervisor:
@@ -237,6 +368,8 @@ class Supervisor:
         self.listener: socket.socket | None = None
         self.stopping = False
         self._tasks: set[asyncio.Task] = set()
+        self.api_listener = None
+        self._token_store = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -250,6 +383,21 @@ class Supervisor:
         self._spawn(self._watch())
         log.info("Levity %s listening on ws://%s:%d/<charge_point_id> with %d workers", __version__,
                  settings.host, self.port, len(self.workers))
+        if settings.api_port:
+            await self._start_api()
+
+    async def _start_api(self) -> None:
+        from levity.api import serve_api
+        from levity.api.tokens import TokenStore
+        from levity.commands import CommandSchemas
+        from levity.store import Store
+
+        # The tokens live in the unsharded database; the workers keep their state in the shards.
+        self._token_store = Store(self.settings.database)
+        schemas = CommandSchemas()
+        schemas.compile_all()
+        self.api_listener = await serve_api(self.settings, WorkerOperations(self.workers),
+                                            TokenStore(self._token_store), schemas)
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -349,6 +497,10 @@ class Supervisor:
     async def stop(self) -> int:
         self.stopping = True
         loop = asyncio.get_running_loop()
+        if self.api_listener is not None:
+            await self.api_listener.stop()
+        if self._token_store is not None:
+            self._token_store.close()
         loop.remove_reader(self.listener.fileno())
         self.listener.close()
         self.signal_workers(signal.SIGTERM)
@@ -422,8 +574,15 @@ def _is_upgrade(head: bytes) -> bool:
 
 
 async def _supervise(settings: Settings) -> int:
+    from levity.server import StartupError
+
     supervisor = Supervisor(settings)
-    await supervisor.start()
+    try:
+        await supervisor.start()
+    except StartupError as exc:
+        log.error("%s", exc)
+        await supervisor.stop()
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -452,6 +611,9 @@ class ConnectionChannel:
         self.channel = channel
         self.central = central
         self.on_lost = on_lost
+        self._reassembly = Reassembly()
+        self._send_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self.channel.setblocking(False)
@@ -469,7 +631,7 @@ class ConnectionChannel:
         loop = asyncio.get_running_loop()
         for _ in range(256):
             try:
-                message, fds, _flags, _address = socket.recv_fds(self.channel, 16, 4)
+                message, fds, _flags, _address = socket.recv_fds(self.channel, CHANNEL_RECEIVE_BYTES, 4)
             except BlockingIOError:
                 return
             except OSError:
@@ -478,17 +640,39 @@ class ConnectionChannel:
                 self.stop()
                 self.on_lost()
                 return
-            if message == METRICS:
+            if message[:1] == REQUEST:
                 try:
-                    self.channel.send(self.central.metrics_text().encode())
-                except OSError:  # the supervisor went away or is not reading: it gets no answer
-                    pass
+                    request = self._reassembly.feed(message)
+                except (struct.error, ValueError):
+                    log.error("malformed request from the supervisor")
+                    request = None
+                if request is not None:
+                    task = loop.create_task(self._answer(request[1], request[2]))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
             for fd in fds:
                 sock = socket.socket(fileno=fd)
                 if self.central.accepting_connections:
                     loop.create_task(loop.connect_accepted_socket(lambda: OcppConnection(self.central), sock))
                 else:
                     sock.close()
+
+
+    async def _answer(self, request_id: int, request: dict) -> None:
+        """Answer one request of the supervisor, under its id (answers may overtake each other)."""
+        try:
+            if request["op"] == "metrics":
+                answer = {"result": self.central.metrics_text()}
+            else:
+                answer = {"result": await self.central.operations.handle(request["op"], request["args"])}
+        except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which answers 503
+            log.exception("operator API request %s failed", request.get("op"))
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            async with self._send_lock:
+                await send_on_channel(self.channel, message_parts(ANSWER, request_id, answer))
+        except OSError:  # the supervisor went away: it gets no answer
+            pass
 
 
 async def _work(settings: Settings, index: int, workers: int, channel: socket.socket) -> None:

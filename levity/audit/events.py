@@ -30,6 +30,7 @@ TAGS: dict[str, str] = {
     "diagnostics_status": "diagnostics",
     "firmware_status": "firmware",
     "call_error": "error",  # a CALL Levity answered with a CALLERROR
+    "command": "command",  # a call Levity sent to a charger (operator API)
 }
 
 COMMON_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -75,7 +76,21 @@ SPEC_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "authorize": {"id_tag": (str, NoneType), "status": str},
     "websocket_connect": {"remote_address": str},
     "websocket_disconnect": {"remote_address": str},
+    "command": {
+        "action": str,
+        "unique_id": str,
+        "requested_by": str,
+        "request": dict,
+        "outcome": str,
+        "status": (str, NoneType),
+        "error_code": (str, NoneType),
+        "latency_ms": (int, float),
+    },
 }
+
+COMMAND_OUTCOMES = ("result", "call_error", "timeout", "not_connected")
+# Keys whose values are id tags (personal data) in the payloads of calls to chargers.
+ID_TAG_KEYS = frozenset({"idTag", "parentIdTag", "idToken"})
 
 DEFAULT_MEASURAND = "Energy.Active.Import.Register"
 
@@ -167,6 +182,23 @@ class EventFactory:
             fields["id_tag"] = self.id_tags.apply(fields["id_tag"])
         record.update(fields)
         return AuditEvent(f"{self.tag_prefix}.{TAGS[event_type]}", now_ns, record)
+
+    def command(self, charge_point_id: str, *, action: str, unique_id: str, requested_by: str, request: dict,
+                outcome: str, status: str | None, error_code: str | None, latency_ms: float,
+                **additions: Any) -> AuditEvent:
+        """The `ocpp.command` event of one call Levity sent; id tags in `request` follow the privacy mode."""
+        assert outcome in COMMAND_OUTCOMES, outcome
+        return self.make("command", charge_point_id, action=action, unique_id=unique_id, requested_by=requested_by,
+                         request=self._private(request), outcome=outcome, status=status, error_code=error_code,
+                         latency_ms=latency_ms, **additions)
+
+    def _private(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: (self.id_tags.apply(v) if k in ID_TAG_KEYS and isinstance(v, str) else self._private(v))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._private(v) for v in value]
+        return value
 
 
 def count_samples(meter_value: list[dict]) -> tuple[int, list[str]]:

@@ -32,6 +32,15 @@ def format_value(value: object) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def comment_text(value: object) -> str:
+    """Text for a `#` comment line: control characters (a newline in a profile's path or name
+    would end the comment and start a directive) shown as \\xNN escapes instead."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
 def _secret(value: object) -> str:
     if not isinstance(value, SecretRef):
         raise TypeError("a secret parameter must come from {env: NAME} or {file: /path}")
@@ -53,6 +62,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["fv"] = format_value
     env.filters["secret"] = _secret
+    env.filters["comment"] = comment_text
     env.filters["at_least_regexp"] = integer_at_least_regexp
     return env
 

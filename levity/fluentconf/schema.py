@@ -14,6 +14,7 @@ from pydantic import (BaseModel, ValidationError, BeforeValidator, ConfigDict, F
                       field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
+from levity.config import is_loopback_host
 from levity.fluentconf.units import canonical_duration, canonical_size
 
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -130,10 +131,23 @@ class Security(Strict):
 
 
 class ForwardSource(Strict):
-    bind: Host = "0.0.0.0"
+    # Loopback unless a profile says otherwise: a forward input takes events from anyone who
+    # reaches it, so one reachable from other hosts needs TLS and a shared key.
+    bind: Host = "127.0.0.1"
     port: Port = 24224
     tls: SourceTls | None = None
     security: Security | None = None
+    # For a network only trusted peers reach (a compose network): no TLS or key beyond loopback.
+    allow_unauthenticated: bool = False
+
+    @model_validator(mode="after")
+    def _remote_needs_tls_and_key(self) -> "ForwardSource":
+        secured = self.tls is not None and self.tls.enabled and self.security is not None
+        if not (secured or self.allow_unauthenticated or is_loopback_host(self.bind)):
+            raise ValueError(f"expected tls and security (shared key) on a forward input bound to {self.bind}, "
+                             "which other hosts reach; or bind 127.0.0.1; or allow_unauthenticated: true "
+                             "on a network only trusted peers reach")
+        return self
 
 
 class Sources(Strict):

@@ -8,7 +8,7 @@ from tests.support.forward_receiver import ForwardReceiver
 
 
 def doctor(capsys, receiver_port, tmp_path, *extra):
-    code = main(["doctor", "--fluentd-enabled", "true", "--fluentd-host", "127.0.0.1",
+    code = main(["doctor", "--host", "127.0.0.1", "--fluentd-enabled", "true", "--fluentd-host", "127.0.0.1",
                  "--fluentd-port", str(receiver_port), "--fluentd-timeout", "2",
                  "--spool-dir", str(tmp_path / "spool"), "--json", *extra])
     return code, json.loads(capsys.readouterr().out)
@@ -83,7 +83,7 @@ def test_profile_is_compared(capsys, tmp_path, receiver):
 
 
 def test_text_output(capsys, tmp_path, receiver):
-    code = main(["doctor", "--fluentd-enabled", "true", "--fluentd-host", "127.0.0.1",
+    code = main(["doctor", "--host", "127.0.0.1", "--fluentd-enabled", "true", "--fluentd-host", "127.0.0.1",
                  "--fluentd-port", str(receiver.port), "--spool-dir", str(tmp_path / "spool")])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
@@ -104,3 +104,14 @@ def test_spool_depth_adds_up_the_workers_spools(capsys, tmp_path, receiver):
     # The same files read with another worker count: the events would never be sent.
     code, out = doctor(capsys, receiver.port, tmp_path, "--workers", "3", "--database", str(tmp_path / "levity.db"))
     assert statuses(out)["workers"] == "FAIL" and code == 2
+
+
+def test_warns_when_a_reachable_listener_runs_security_profile_0(capsys, tmp_path, receiver):
+    code, out = doctor(capsys, receiver.port, tmp_path, "--host", "0.0.0.0")
+    assert code == 1 and statuses(out)["charger authentication"] == "WARN"
+    [check] = [c for c in out["checks"] if c["name"] == "charger authentication"]
+    assert "LEVITY_SECURITY_PROFILE is 0" in check["detail"]
+    code, out = doctor(capsys, receiver.port, tmp_path, "--host", "0.0.0.0", "--security-profile", "1")
+    assert code == 0 and statuses(out)["charger authentication"] == "OK"
+    code, out = doctor(capsys, receiver.port, tmp_path, "--host", "::1")
+    assert code == 0 and statuses(out)["charger authentication"] == "OK"

@@ -6,6 +6,7 @@ Every command runs from the venv that runs pytest (its bin directory first on PA
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -145,3 +146,33 @@ def test_filter_renders_exactly_what_the_generator_renders():
 
     with pytest.raises(AnsibleFilterError, match="no profile file"):
         levity_fluentd.levity_fluentd_render("no-such-profile")
+
+
+@pytest.mark.parametrize("inventory", ["staging", "production"])
+def test_production_and_staging_are_secure_by_default(inventory):
+    """What anyone reaching port 9000 or 24224 of these hosts finds: authentication, TLS, no strangers."""
+    result = run("ansible-inventory", "-i", f"inventories/{inventory}", "--list")
+    hostvars = json.loads(result.stdout)["_meta"]["hostvars"]
+    levity_hosts = yaml.safe_load((ROOT / "inventories" / inventory / "hosts.yml").read_text())
+    for host in levity_hosts["all"]["children"]["levity"]["hosts"]:
+        settings = hostvars[host]
+        assert settings["levity_security_profile"] in (2, 3)
+        assert settings["levity_unknown_charge_points"] == "refuse"
+        assert settings["levity_boot_policy"] != "accept"
+        assert settings["levity_fluentd_tls"] is True
+        assert settings["levity_fluentd_shared_key"] == "{{ vault_fluentd_shared_key }}"
+        environment = settings["levity_extra_environment"]
+        files = {f["path"]: f["content"] for f in settings["levity_files"]}
+        for variable in ("LEVITY_TLS_CERT", "LEVITY_TLS_KEY", "FLUENTD_TLS_CA"):
+            assert files[environment[variable]].startswith("{{ vault_"), variable  # from the vault
+    from levity.fluentconf import load_profile
+
+    forward = load_profile(ROOT / "profiles" / f"{inventory}.yaml").doc.sources.forward
+    assert forward.tls is not None and forward.tls.enabled and forward.security is not None
+
+
+def test_dev_keeps_the_development_defaults():
+    main = yaml.safe_load((ROOT / "inventories" / "dev" / "group_vars" / "all" / "main.yml").read_text())
+    defaults = yaml.safe_load((ROOT / "roles" / "levity" / "defaults" / "main.yml").read_text())
+    assert "levity_security_profile" not in main and defaults["levity_security_profile"] == 0
+    assert defaults["levity_boot_policy"] == "accept"

@@ -77,15 +77,52 @@ CASES = [
     ("[2]", "-1", "FormationViolation"),
     ("null", "-1", "FormationViolation"),
     ('[2, null, "Heartbeat", {}]', "-1", "FormationViolation"),
+    # Numbers JSON has no room for, and unique ids a reply could not be matched with.
+    ('[2, "u41", "Heartbeat", {"x": Infinity}]', "-1", "FormationViolation"),
+    ('[2, "u42", "Heartbeat", {"x": -Infinity}]', "-1", "FormationViolation"),
+    ('[2, "u43", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 1e999, '
+     '"timestamp": "2024-01-15T10:10:00Z"}]', "-1", "FormationViolation"),
+    ('[2, "u44", "Heartbeat", {"x": 01}]', "-1", "FormationViolation"),
+    ('[2, "u45", "Heartbeat", {"x": +1}]', "-1", "FormationViolation"),
+    ('[2, "u46", "Heartbeat", {"x": .5}]', "-1", "FormationViolation"),
+    ('[2, "u47", "Heartbeat", {"x": 0x10}]', "-1", "FormationViolation"),
+    ('[2, "", "Heartbeat", {}]', "-1", "FormationViolation"),
+    (json.dumps([2, "x" * 36 + "y", "Heartbeat", {}]), "-1", "FormationViolation"),
+    # Properties the schema does not allow, also nested.
+    ('[2, "u48", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "2024-01-15T10:10:00Z", '
+     '"sampledValue": [{"value": "1", "vendorExtra": 1}]}]}]', "u48", "OccurenceConstraintViolation"),
+    ('[2, "u49", "StopTransaction", {"transactionId": 1, "meterStop": 1, "timestamp": "2024-01-15T10:10:00Z", '
+     '"transactionData": [{"timestamp": "2024-01-15T10:10:00Z", "sampledValue": [], "x": 1}]}]', "u49",
+     "OccurenceConstraintViolation"),
+    # Negative connector ids (and 0 for a transaction, which needs a real connector).
+    ('[2, "u50", "StatusNotification", {"connectorId": -1, "errorCode": "NoError", "status": "Available"}]', "u50",
+     "PropertyConstraintViolation"),
+    ('[2, "u51", "MeterValues", {"connectorId": -3, "meterValue": []}]', "u51", "PropertyConstraintViolation"),
+    ('[2, "u52", "StartTransaction", {"connectorId": 0, "idTag": "A", "meterStart": 0, '
+     '"timestamp": "2024-01-15T10:10:00Z"}]', "u52", "PropertyConstraintViolation"),
+    # Timestamps that are not RFC 3339 date-times (the schemas' date-time fields).
+    ('[2, "u53", "StatusNotification", {"connectorId": 0, "errorCode": "NoError", "status": "Available", '
+     '"timestamp": "not really a date"}]', "u53", "PropertyConstraintViolation"),
+    ('[2, "u54", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0, '
+     '"timestamp": "2024-01-15T10:10:00"}]', "u54", "PropertyConstraintViolation"),
+    ('[2, "u55", "StopTransaction", {"transactionId": 1, "meterStop": 1, "timestamp": "2024-02-30T10:10:00Z"}]',
+     "u55", "PropertyConstraintViolation"),
+    ('[2, "u56", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": "15/01/2024 10:10", '
+     '"sampledValue": [{"value": "1"}]}]}]', "u56", "PropertyConstraintViolation"),
 ]
 
 # Frames that are odd but valid: each gets a CALLRESULT.
 ODD_BUT_VALID = [
-    '[2, "", "Heartbeat", {}]',
     '[2, "ü-ñ-✓", "Authorize", {"idTag": "ÄÖÜ"}]',
     '  [2 , "ws", "Heartbeat" , { } ]  ',
+    '[2, "x", "Heartbeat", {}]',
+    json.dumps([2, "i" * 36, "Heartbeat", {}]),
     '[2, "ts", "StatusNotification", {"connectorId": 0, "errorCode": "NoError", "status": "Available", '
-    '"timestamp": "not really a date"}]',
+    '"timestamp": "2024-01-15T10:10:00.123+01:00"}]',
+    '[2, "ts2", "StatusNotification", {"connectorId": 0, "errorCode": "NoError", "status": "Available", '
+    '"timestamp": "2016-12-31T23:59:60Z"}]',
+    '[2, "ts3", "MeterValues", {"connectorId": 0, "meterValue": [{"timestamp": "2024-01-15T10:10:00.123456789z", '
+    '"sampledValue": [{"value": "1"}]}]}]',
 ]
 
 
@@ -114,6 +151,39 @@ async def test_each_bad_frame_gets_its_call_error_and_everyone_is_still_served(l
     errors = [line["record"] for line in read_audit_file(server.workdir / "audit.jsonl")
               if line["record"]["event_type"] == "call_error"]
     assert {e["error_code"] for e in errors} >= {"NotImplemented", "NotSupported", "TypeConstraintViolation"}
+
+
+async def test_lenient_timestamps_escape_accepts_other_iso_8601_forms(levity):
+    frame = {"connectorId": 0, "errorCode": "NoError", "status": "Available", "timestamp": "2024-01-15 10:10:00"}
+    strict = levity()
+    lenient = levity({"LEVITY_LENIENT_TIMESTAMPS": "true"})
+    async with raw_charge_point(strict.url, "CP-S") as cp:
+        assert (await cp.call("1", "StatusNotification", frame))[2] == "PropertyConstraintViolation"
+    async with raw_charge_point(lenient.url, "CP-L") as cp:
+        assert (await cp.call("1", "StatusNotification", frame)) == [3, "1", {}]
+
+
+# Request paths whose last segment is no plain charge point id: refused before the upgrade.
+BAD_ID_PATHS = ["/..", "/.", "/ocpp/../CP-1", "/CP%2F1", "/CP..1", "/%2e%2e", "/ocpp/%2E%2E/CP-1", "/CP%5C1"]
+
+
+async def upgrade_status(port: int, path: str) -> bytes:
+    """The status line Levity answers a WebSocket upgrade for `path` with (sent as is)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Protocol: ocpp1.6\r\n\r\n").encode())
+    try:
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
+async def test_charge_point_ids_that_name_another_place_are_refused(levity):
+    server = levity()
+    for path in BAD_ID_PATHS:
+        assert (await upgrade_status(server.port, path)).startswith(b"HTTP/1.1 404 "), path
+    assert (await upgrade_status(server.port, "/ocpp/CP-1.2")).startswith(b"HTTP/1.1 101 ")
 
 
 async def test_replies_to_nothing_are_ignored_not_answered(levity):

@@ -96,3 +96,45 @@ async def test_tls_profile_without_certificate_is_a_configuration_error(levity):
     server = levity({"LEVITY_SECURITY_PROFILE": "2"}, start=False)
     with pytest.raises(AssertionError, match="needs LEVITY_TLS_CERT"):
         server.start()
+
+
+async def test_rotated_password_invalidates_the_old_one(levity, tmp_path):
+    server = levity({"LEVITY_SECURITY_PROFILE": "1"})
+    set_password(server, "CP-ROT", tmp_path)
+    async with raw_charge_point(server.url, "CP-ROT", **basic("CP-ROT", KEY)) as cp:
+        assert (await cp.call("1", "Heartbeat", {}))[0] == 3  # now proven, and cached
+    new_key = "fedcba9876543210fedc"
+    set_password(server, "CP-ROT", tmp_path, key=new_key)  # another process: the CLI
+    await expect_refused(server.url, "CP-ROT", 401, **basic("CP-ROT", KEY))
+    async with raw_charge_point(server.url, "CP-ROT", **basic("CP-ROT", new_key)) as cp:
+        assert (await cp.call("2", "Heartbeat", {}))[0] == 3
+
+
+async def test_failed_basic_auth_is_rate_limited_per_id_and_per_address(levity, tmp_path):
+    server = levity({"LEVITY_SECURITY_PROFILE": "1", "LEVITY_AUTH_FAILURES_PER_MINUTE": "3",
+                     "LEVITY_AUTH_FAILURES_PER_ADDRESS_PER_MINUTE": "6"})
+    set_password(server, "CP-RL", tmp_path)
+    async with raw_charge_point(server.url, "CP-RL", **basic("CP-RL", KEY)):
+        pass  # proven once: this charger keeps getting in while its id is under attack
+    for _ in range(3):
+        await expect_refused(server.url, "CP-RL", 401, **basic("CP-RL", "wrong-password-guess"))
+    response = await expect_refused(server.url, "CP-RL", 429, **basic("CP-RL", "another-guess-1234"))
+    assert int(response.headers["Retry-After"]) >= 1
+    assert server.metrics()["levity_auth_password_checks"] == 4  # the refused guess cost no scrypt run
+    async with raw_charge_point(server.url, "CP-RL", **basic("CP-RL", KEY)) as cp:
+        assert (await cp.call("1", "Heartbeat", {}))[0] == 3
+    # Per address: guesses spread over other ids run out too (3 failures left of 6).
+    for n in range(3):
+        await expect_refused(server.url, f"CP-OTHER{n}", 401, **basic(f"CP-OTHER{n}", KEY))
+    await expect_refused(server.url, "CP-FRESH", 429, **basic("CP-FRESH", KEY))
+    metrics = server.metrics()
+    assert metrics["levity_auth_refused_rate_limited"] == 2
+    assert metrics['levity_handshakes_refused{status="429"}'] == 2
+
+
+def test_charge_points_cli_creates_an_owner_only_database(tmp_path):
+    database = tmp_path / "fresh.db"
+    assert levity_cli(["charge-points", "register", "CP-1", "--database", str(database)]) == 0
+    for path in tmp_path.glob("fresh.db*"):  # the database and SQLite's -wal/-shm files
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert database.exists()

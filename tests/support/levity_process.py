@@ -12,6 +12,11 @@ import urllib.request
 from pathlib import Path
 
 
+def api_env() -> dict[str, str]:
+    """Settings that turn the operator API on, on a free port."""
+    return {"LEVITY_API_PORT": str(free_port())}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -33,6 +38,7 @@ class LevityProcess:
             "LEVITY_AUDIT_SINK": "file",
             "LEVITY_AUDIT_FILE": str(self.workdir / "audit.jsonl"),
             "FLUENTD_ENABLED": "false",
+            "LEVITY_API_PORT": "0",  # the operator API only where a test asks for it (api_env())
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
@@ -44,6 +50,17 @@ class LevityProcess:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['LEVITY_API_PORT']}"
+
+    def levity_command(self, *args: str, env: dict[str, str] | None = None,
+                       input: str | None = None) -> subprocess.CompletedProcess:
+        """Another `levity` command run against this server's files (e.g. api-tokens, call)."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
+        return subprocess.run([sys.executable, "-m", "levity.cli", *args], cwd=self.workdir, input=input,
+                              env={**environ, **self.env, **(env or {})}, capture_output=True, text=True, timeout=60)
 
     def start(self, timeout: float = 15.0) -> "LevityProcess":
         self.starts += 1

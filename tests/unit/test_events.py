@@ -63,3 +63,16 @@ def test_id_tag_modes():
 
 def test_iso_utc_pads_milliseconds():
     assert iso_utc(5_000_000) == "1970-01-01T00:00:00.005Z"
+
+
+@pytest.mark.parametrize("mode, expected", [("plain", "USER-1"), ("omit", None)])
+def test_command_event_follows_the_id_tag_mode_anywhere_in_the_request(mode, expected):
+    factory = EventFactory(id_tags=IdTagPolicy(mode))
+    request = {"listVersion": 1, "updateType": "Full",
+               "localAuthorizationList": [{"idTag": "USER-1", "idTagInfo": {"status": "Accepted", "parentIdTag": "USER-1"}}]}
+    event = factory.command("CP1", action="SendLocalList", unique_id="u" * 36, requested_by="ops", request=request,
+                            outcome="result", status="Accepted", error_code=None, latency_ms=3.5)
+    assert event.tag == "ocpp.command" and conformance_errors(event.record) == []
+    entry = event.record["request"]["localAuthorizationList"][0]
+    assert entry["idTag"] == expected and entry["idTagInfo"]["parentIdTag"] == expected
+    assert request["localAuthorizationList"][0]["idTag"] == "USER-1"  # the payload sent is left alone

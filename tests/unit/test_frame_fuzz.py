@@ -77,7 +77,7 @@ def test_every_frame_gets_at_most_one_well_formed_answer(frame):
 @given(calls)
 def test_every_call_is_answered(call):
     sent = handle(json.dumps(call))
-    if isinstance(call[1], str) and len(call[1]) <= 36:
+    if isinstance(call[1], str) and 1 <= len(call[1]) <= 36:
         assert len(sent) == 1 and json.loads(sent[0])[1] == call[1]
     else:
         assert len(sent) == 1 and json.loads(sent[0])[:3] == [4, "-1", "FormationViolation"]

@@ -52,7 +52,6 @@ def _files(tmp_path, *names):
 
 
 @pytest.mark.parametrize("names, workers, made_with", [
-    (["levity.db"], 2, "1"),
     (["spool/0000000000000001.seg"], 3, "1"),
     (["levity.shard0-of-2.db", "levity.shard1-of-2.db"], 1, "2"),
     (["spool/shard1-of-4/0000000000000001.seg"], 2, "4"),
@@ -61,6 +60,21 @@ def test_files_of_another_worker_count_are_refused(tmp_path, names, workers, mad
     settings = _files(tmp_path, *names)
     with pytest.raises(ConfigError, match=f"made with {made_with} worker"):
         check_layout(Settings(database=settings.database, spool_dir=settings.spool_dir, workers=workers))
+
+
+def test_a_single_worker_database_is_refused_unless_it_holds_only_api_tokens(tmp_path):
+    """With several workers the supervisor keeps the operator API's tokens in the unsharded
+    database: that alone is not one worker's state."""
+    settings = Settings(database=str(tmp_path / "levity.db"), spool_dir=str(tmp_path / "spool"), workers=2)
+    store = Store(settings.database)
+    store.add_api_token("ops", "operate", "0" * 64, "now")
+    store.close()
+    check_layout(settings)
+    store = Store(settings.database)
+    store.register(["CP001"], "now")
+    store.close()
+    with pytest.raises(ConfigError, match="made with 1 worker"):
+        check_layout(settings)
 
 
 def test_files_of_the_same_worker_count_are_fine(tmp_path):
