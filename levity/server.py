@@ -271,6 +271,9 @@ class CentralSystem:
         lines.append(f"levity_calls_throttled {self.context.throttled}")
         for kind, count in sorted(self.events.anomalies.items()):
             lines.append(f'levity_anomalies{{kind="{kind}"}} {count}')
+        lines.append(f"levity_calls_not_stored {self.context.not_stored}")
+        for name, value in sorted(self.store.stats().items()):
+            lines.append(f"levity_store_{name} {value}")
         lines.extend(self._limit_lines())
         lines += self.operations.metrics_lines()
         return "\n".join(lines) + "\n"
@@ -441,6 +444,7 @@ class CentralSystem:
         for session in list(self.sessions.values()):
             session.connection.abort()
         await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
+        await self.store.drain()
         self.store.close()
         if self._password_checks is not None:
             self._password_checks.shutdown(wait=False, cancel_futures=True)
