@@ -224,23 +224,32 @@ class ChargePoint(OcppChargePoint):
         anomalies: this call's ocpp.anomaly events. Queued only once the row is committed and
         just before `event`, they reach disk with it; a call not stored sends none (its writes,
         an abandoned close included, are dropped with its commit and the resend decides again).
-        undo: when the event surely did not reach disk (the row did), writes the row back as it
-        was, so the charger's resend is not taken for a repeat; committed before the caller
-        releases its transaction lock. An anomaly queued ahead of the failed event may still
-        have reached disk: the resend's anomaly then repeats it (a new event id)."""
-        await self.ctx.store.commit_durable(transaction_id)
+        undo: when the event surely did not reach disk (the row did), or the database refused
+        the row alone, writes back what the call changed, so the charger's resend is not taken
+        for a repeat; committed before the caller releases its transaction lock. An anomaly
+        queued ahead of the failed event may still have reached disk: the resend's anomaly then
+        repeats it (a new event id)."""
+        try:
+            await self.ctx.store.commit_durable(transaction_id)
+        except StorageError as failure:
+            if failure.refused and undo is not None:  # its other writes (a close) committed without it
+                await self._undo(undo)
+            raise
         for anomaly in anomalies:
             self.ctx.sink.emit(anomaly)
         try:
             await self.ctx.sink.emit_durable(event)
         except NotDurable as failure:
             if undo is not None and not failure.maybe_written:
-                undo()
-                try:
-                    await self.ctx.store.commit_durable()
-                except StorageError:
-                    pass  # logged by the store; the undo stays queued and is retried
+                await self._undo(undo)
             raise
+
+    async def _undo(self, undo) -> None:
+        undo()
+        try:
+            await self.ctx.store.commit_durable()
+        except StorageError:
+            pass  # logged by the store; the undo stays queued and is retried
 
     def _not_stored(self, call: Call, failure: Exception) -> CallError:
         """OCPP 1.6 (edition 2) section 3.7, "Transaction-related messages", and 3.7.1, "Error
@@ -306,7 +315,8 @@ class ChargePoint(OcppChargePoint):
         return call_result.Authorize(id_tag_info=IdTagInfo(status=status))
 
     # Transactions: one session, one start and one stop, whatever the charger resends
-    # (levity/transactions.py has the rules; each decision is made and written before any await).
+    # (levity/transactions.py has the rules; each decision is made under the charge point's
+    # transaction lock and committed before it is released: CentralSystemContext.transaction_lock).
 
     @on(Action.start_transaction, skip_schema_validation=True)
     async def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,

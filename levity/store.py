@@ -32,13 +32,12 @@ commits them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -159,7 +158,12 @@ class Transaction:
 
 
 class StorageError(Exception):
-    """A write could not be committed: the caller must not report it as stored."""
+    """A write could not be committed: the caller must not report it as stored. `refused`: the
+    database refused the caller's write alone; the rest of its commit was committed."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
 
 
 # SQLite primary result codes that are the database's trouble, not the statement's: the
@@ -426,7 +430,8 @@ class Store:
                 if future.done():
                     continue
                 if key is not None and key in refused_keys:
-                    future.set_exception(StorageError(f"the database refused the write for transaction {key}"))
+                    future.set_exception(StorageError(f"the database refused the write for transaction {key}",
+                                                      refused=True))
                 else:
                     future.set_result(None)
         else:
@@ -678,8 +683,8 @@ class Store:
             closed = current is not None and current.open
             if closed:
                 self._write(sql, params, key=transaction_id if key is None else key)
-                current = dataclasses.replace(current, abandoned_at=now, abandon_reason=reason.strip(),
-                                              abandon_event_id=event_id)
+                current = replace(current, abandoned_at=now, abandon_reason=reason.strip(),
+                                  abandon_event_id=event_id)
         if current is None:
             raise LookupError(f"no transaction {transaction_id}")
         if not closed:

@@ -133,3 +133,19 @@ def test_a_start_whose_event_failed_leaves_the_connector_as_it_was(tmp_path):
         ctx.store.close()
 
     asyncio.run(run())
+
+
+def test_a_start_the_database_refuses_closes_nothing(tmp_path):
+    async def run():
+        ctx = context(tmp_path)
+        old = (await call(ctx, "s1", "StartTransaction", START))[2]["transactionId"]
+        with sqlite3.connect(tmp_path / "levity.db") as db:
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON transactions WHEN NEW.id_tag = 'REFUSED' "
+                       "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+        refused = await call(ctx, "s2", "StartTransaction", {**START, "idTag": "REFUSED"})
+        assert refused[0] == 4 and refused[2] == "InternalError"
+        assert ctx.store.transaction(old).open, "the close committed with the refused start was undone"
+        assert ctx.sink.of("anomaly") == []
+        ctx.store.close()
+
+    asyncio.run(run())
