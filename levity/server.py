@@ -282,7 +282,10 @@ class CentralSystem:
             metrics.set_commands(self.operations.commands)
             # Per-connection bounds, authentication limits, per-Fluentd-server delivery: kept as
             # plain values by their modules and published under their own names.
-            metrics.set_plain_lines(self._limit_lines() + getattr(self.sink, "metric_lines", list)())
+            store_lines = [f"levity_store_{name} {value}" for name, value in sorted(self.store.stats().items())]
+            metrics.set_plain_lines(self._limit_lines() + getattr(self.sink, "metric_lines", list)() + store_lines
+                                    + [f"levity_calls_not_stored {self.context.not_stored}",
+                                       f"levity_audit_durable_failed {self.sink.stats().get('durable_failed', 0)}"])
         except Exception:  # noqa: BLE001 - metrics must not break the endpoint that serves them
             log.exception("metrics: refreshing the gauges failed")
 
@@ -453,6 +456,7 @@ class CentralSystem:
         for session in list(self.sessions.values()):
             session.connection.abort()
         await wait_closed(self.sink, SHUTDOWN_FLUSH_SECONDS)
+        await self.store.drain()
         self.store.close()
         if self._password_checks is not None:
             self._password_checks.shutdown(wait=False, cancel_futures=True)

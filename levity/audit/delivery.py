@@ -8,7 +8,9 @@
 - emit() only appends to a list on the event loop: it never blocks and never raises. The batch
   is written within LEVITY_FLUSH_INTERVAL (0.2 s) by the single spool thread.
 - emit_durable() (transaction start/stop) returns once its event is fsynced. Durable events that
-  arrive while an fsync is running wait for the next one and share it (group commit).
+  arrive while an fsync is running wait for the next one and share it (group commit). When the
+  event cannot be made durable (write or fsync error, refused by drop_newest, sink closing) it
+  raises NotDurable and the charger is answered with a CALLERROR, so it sends the call again.
 - The sender reads up to LEVITY_BATCH_SIZE events from the acknowledged cursor, sends them as
   PackedForward messages (one per run of consecutive events with the same tag, so the
   emission order is kept across tags) and advances the cursor only when every message of the
@@ -30,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from levity.audit.events import AuditEvent
 from levity.audit.failover import PROBE_INTERVAL, ServerPool
 from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch, endpoints_from_settings
-from levity.audit.spool import Spool, encode_frame
+from levity.audit.sink import NotDurable, release_waiters
+from levity.audit.spool import Spool, SpoolWriteError, encode_frame
 from levity.config import Settings
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ class ForwardSink:
         # track (event objects held for a flush interval were a large part of its work).
         self._pending: list[bytes] = []
         self._first_pending_at = 0.0
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[tuple[asyncio.Future, int]] = []  # durable events: (waiter, index in _pending)
         self._wake: asyncio.Event | None = None  # something is pending
         self._urgent: asyncio.Event | None = None  # write now: durable waiter, full batch or closing
         self._data: asyncio.Event | None = None  # the spool has new events for the sender
@@ -79,6 +82,7 @@ class ForwardSink:
         self.acknowledged = 0
         self.replayed = 0
         self.send_failures = 0
+        self.durable_failed = 0  # emit_durable() calls that raised NotDurable
         self.connected = False
         self.last_error: str | None = None  # why Fluentd is unavailable, None while delivery works
 
@@ -125,15 +129,17 @@ class ForwardSink:
         self.emitted += 1
         if self._closing or not self._started:
             self._drop_late()
-            return
+            self.durable_failed += 1
+            raise NotDurable("the audit sink is " + ("closing" if self._closing else "not started"))
         try:
             frame = encode_frame(event.tag, event.time_ns, event.record)
         except (TypeError, ValueError, OverflowError) as exc:
             self.spool.drops.dropped(1, f"event not serialisable ({exc})")
-            return
+            self.durable_failed += 1
+            raise NotDurable(f"event not serialisable ({exc})") from None
         future = asyncio.get_running_loop().create_future()
+        self._waiters.append((future, len(self._pending)))
         self._pending.append(frame)
-        self._waiters.append(future)
         if len(self._pending) == 1:
             self._first_pending_at = time.monotonic()
         self._wake.set()
@@ -158,6 +164,7 @@ class ForwardSink:
             "replayed": self.replayed,
             "dropped": self.spool.dropped + self._late_drops,
             "send_failures": self.send_failures,
+            "durable_failed": self.durable_failed,
             "fluentd_connected": int(self.connected),
         }
 
@@ -219,21 +226,31 @@ class ForwardSink:
         batch, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
         fsync = bool(waiters) or self._closing
+        written, synced, error = 0, False, None
         try:
-            await asyncio.get_running_loop().run_in_executor(self._io, self._write, batch, fsync)
+            # The spool writes a prefix of the batch: drop_newest refuses from the end.
+            written = await asyncio.get_running_loop().run_in_executor(self._io, self._write, batch, fsync)
+            synced = True
+        except SpoolWriteError as exc:
+            written, error = exc.written, exc
+        except Exception as exc:  # noqa: BLE001 - a disk problem must not stop the loop
+            written, error = len(batch), exc  # unknown: treat as written, not durable
+        if error is None:
             if self._write_failing:
                 self._write_failing = False
                 log.info("audit spool: writing works again")
-        except Exception as exc:  # noqa: BLE001 - a disk problem must not stop the loop
-            self.spool.drops.dropped(len(batch), f"spool write failed: {exc}")
-            if not self._write_failing:
+        else:
+            durable = {index for _, index in waiters}
+            lost = sum(1 for index in range(written, len(batch)) if index not in durable)
+            self.spool.drops.dropped(lost, f"spool write failed: {error}")
+            if not self._write_failing:  # one line per failure episode, not per event
                 self._write_failing = True
-                log.error("audit spool: cannot write to %s: %s", self.settings.spool_dir, exc)
-        finally:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._data.set()
+                log.error("audit spool: cannot write to %s: %s. Transaction calls are answered with a CALLERROR "
+                          "(the charger retries) and other events are counted as dropped until it works again "
+                          "(logged then)", self.settings.spool_dir, error)
+        reason = f"spool write failed: {error}" if error else "spool full (overflow policy drop_newest)"
+        self.durable_failed += release_waiters(waiters, written, synced, reason)
+        self._data.set()
 
     def _write(self, batch: list[bytes], fsync: bool) -> int:
         return self.spool.append_frames(batch, fsync=fsync)
@@ -242,11 +259,8 @@ class ForwardSink:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(DROP_TICK_SECONDS)
-            try:
-                await loop.run_in_executor(self._io, self.spool.drops.tick)
-                await loop.run_in_executor(self._io, self.spool.flush_cursor)
-            except OSError as exc:
-                log.warning("audit spool: cannot write the cursor: %s", exc)
+            await loop.run_in_executor(self._io, self.spool.drops.tick)
+            await loop.run_in_executor(self._io, self.spool.flush_cursor)  # logs its own failures
 
     # Sender ------------------------------------------------------------------------------
 

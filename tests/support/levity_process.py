@@ -28,7 +28,8 @@ def free_port() -> int:
 class LevityProcess:
     """`levity serve` as a chargers' Central System would see it."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int | None = None,
+                 stdout: int | None = None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.env = {
@@ -46,6 +47,7 @@ class LevityProcess:
         self.process: subprocess.Popen | None = None
         self.health_ssl = None  # an ssl.SSLContext when Levity serves TLS
         self.log_path = self.workdir / "levity.log"
+        self.stdout = stdout  # where its standard output goes (default: the log file)
         self.starts = 0
 
     @property
@@ -69,7 +71,7 @@ class LevityProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "levity.cli", "serve"], cwd=self.workdir,
-            env={**environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            env={**environ, **self.env}, stdout=log if self.stdout is None else self.stdout, stderr=log,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
