@@ -15,6 +15,7 @@ from pydantic import (BaseModel, ValidationError, BeforeValidator, ConfigDict, F
 from pydantic_core import PydanticCustomError
 
 from levity.config import is_loopback_host
+from levity.fluentconf.ruby_regexp import ruby_regexp_problem
 from levity.fluentconf.units import canonical_duration, canonical_size
 
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
@@ -227,10 +228,10 @@ class GrepRule(Strict):
         if "#" in value or value != value.strip():
             raise ValueError("expected a regular expression without '#' or leading/trailing spaces "
                              "(use [#] or \\s instead)")
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"expected a regular expression ({exc})") from None
+        # Fluentd compiles it with Ruby's Regexp, which differs from Python's re.
+        problem = ruby_regexp_problem(value)
+        if problem:
+            raise ValueError(f"expected {problem}")
         return value
 
 

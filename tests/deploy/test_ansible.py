@@ -117,7 +117,10 @@ def test_role_layout(role):
     templates = list((path / "templates").glob("*.j2"))
     assert templates
     for template in templates:
-        assert template.read_text().startswith("{{ ansible_managed | comment"), f"{template} lacks the ansible_managed header"
+        text = template.read_text()
+        if text.startswith("#!"):  # a script keeps its interpreter line first
+            text = text.partition("\n")[2]
+        assert text.startswith("{{ ansible_managed | comment"), f"{template} lacks the ansible_managed header"
 
 
 def test_no_copy_of_the_shared_files_in_the_roles():
@@ -190,3 +193,31 @@ def test_dev_keeps_the_development_defaults():
     defaults = yaml.safe_load((ROOT / "roles" / "levity" / "defaults" / "main.yml").read_text())
     assert "levity_security_profile" not in main and defaults["levity_security_profile"] == 0
     assert defaults["levity_boot_policy"] == "accept"
+
+
+def _filter_module():
+    sys.path.insert(0, str(ROOT / "roles" / "fluentd" / "filter_plugins"))
+    try:
+        import levity_fluentd
+    finally:
+        sys.path.pop(0)
+    return levity_fluentd
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "profiles").glob("*.yaml")))
+def test_role_creates_only_the_static_prefix_of_a_path_template(profile):
+    """out_file's path (/var/log/fluent/ocpp/${tag}/%Y-%m-%d) is a file template, not a directory:
+    the role creates what precedes the first placeholder and leaves the rest to Fluentd."""
+    directories = _filter_module().levity_fluentd_profile_info(profile)["directories"]
+    for directory in directories:
+        assert not re.search(r"[$%*{}]", directory), f"{profile}: the role would create {directory!r} literally"
+    if profile in ("file", "billing"):
+        assert "/var/log/fluent/ocpp" in directories
+
+
+def test_static_prefix_of_paths():
+    module = _filter_module()
+    assert module._static_prefix("/var/log/fluent/ocpp/${tag}/%Y-%m-%d", names_a_file=True) == "/var/log/fluent/ocpp"
+    assert module._static_prefix("/var/log/fluent/ocpp/events", names_a_file=True) == "/var/log/fluent/ocpp"
+    assert module._static_prefix("/var/log/fluent/buffer/es", names_a_file=False) == "/var/log/fluent/buffer/es"
+    assert module._static_prefix("/var/log/fluent/buffer/es.*.log", names_a_file=False) == "/var/log/fluent/buffer"

@@ -36,7 +36,8 @@ _ENV = re.compile(r"ENV\['([A-Za-z_][A-Za-z0-9_]*)'\]")
 _FILE_PARAM = re.compile(r"^\s*(cert_path|private_key_path|ca_path|ca_file|ca_cert_path|client_cert|client_key)\s+(\S+)",
                          re.MULTILINE)
 _FILE_READ = re.compile(r"File\.read\('([^']+)'\)")
-_DIR_PARAM = re.compile(r"^\s*(path|directory)\s+(/\S+)", re.MULTILINE)
+# A path component Fluentd fills in at write time: ${tag}, %Y-%m-%d, buffer chunk globs.
+_PLACEHOLDER = re.compile(r"[$%*]")
 
 
 def _fluentconf():
@@ -67,6 +68,45 @@ def _load(profile):
         raise AnsibleFilterError(f"invalid fluentd profile {profile}:\n{exc}") from exc
 
 
+def _static_prefix(template: str, names_a_file: bool) -> str:
+    """The leading directories of TEMPLATE that hold no placeholder: what exists before any event.
+
+    Fluentd creates the rest itself (out_file's mkdir with dir_permission, the buffer's chunk
+    directories); creating the template literally would leave a directory named ``${tag}``.
+    """
+    parts = template.rstrip("/").split("/")
+    static = []
+    for part in parts:
+        if _PLACEHOLDER.search(part):
+            break
+        static.append(part)
+    else:
+        if names_a_file:  # out_file's path is a file prefix: its last part is not a directory
+            static.pop()
+    return "/".join(static) or "/"
+
+
+def _directories(text: str) -> list[str]:
+    """The local directories the rendered config writes to, each cut to its static prefix.
+
+    ``path`` inside <buffer> and ``directory`` (out_secondary_file) name directories; any other
+    ``path`` (out_file's, in_tail's) names a file (or file template) inside a directory.
+    """
+    from levity.fluentconf.lint import parse
+
+    root, _issues = parse(text)
+    found = set()
+    pending = [root]
+    while pending:
+        section = pending.pop()
+        pending.extend(section.children)
+        for key, value, _line in section.params:
+            if key in ("path", "directory") and value.startswith("/"):
+                names_a_file = key == "path" and section.name != "buffer"
+                found.add(_static_prefix(value, names_a_file))
+    return sorted(found)
+
+
 def levity_fluentd_render(profile) -> str:
     """The fluent.conf text the Levity generator renders for PROFILE (name or path)."""
     _path, loaded = _load(profile)
@@ -78,7 +118,7 @@ def levity_fluentd_profile_info(profile) -> dict:
 
     name, path, description; gems (plugin gems outside Fluentd's core); environment (the
     variables its "#{ENV[...]}" secrets read); files (certificates, keys and secret files it
-    reads); directories (buffer and secondary_file paths); problems (Levity's structural check
+    reads); directories (the static prefixes of buffer, secondary_file and out_file paths); problems (Levity's structural check
     of the rendered text, empty when it passes).
     """
     path, loaded = _load(profile)
@@ -96,7 +136,7 @@ def levity_fluentd_profile_info(profile) -> dict:
         "gems": sorted({PLUGIN_GEMS[t] for t in types if t in PLUGIN_GEMS}),
         "environment": sorted(set(_ENV.findall(text))),
         "files": files,
-        "directories": sorted({value for _name, value in _DIR_PARAM.findall(text)}),
+        "directories": _directories(text),
         "problems": [str(issue) for issue in lint(text)],
     }
 
