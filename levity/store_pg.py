@@ -1,0 +1,406 @@
+"""Levity's state in a shared PostgreSQL database: the public interface of levity/store.py's
+Store, for several instances behind a balancer (docs/scaling.md).
+
+Driver: psycopg 3. The Store interface is synchronous on purpose (a handler decides about a
+repeated StartTransaction by reading and writing without an await in between), and psycopg is
+the one well-kept driver with the same types in a blocking and an asyncio API: this module uses
+its blocking connection on the event loop thread, levity/cluster.py its asyncio connection for
+LISTEN/NOTIFY.
+
+Writes are queued and sent together once per event loop turn, in one database transaction in
+pipeline mode (one round trip for hundreds of calls), as the SQLite store groups its commits. A
+transaction start or stop is committed before the charger gets its answer (commit() /
+commit_durable()). When the database cannot take a batch, the batch stays queued, in order, and
+is tried again (StorageError to a caller that waits for it): a write is never silently dropped.
+Reads send the queued writes first, so they see what this instance wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Iterable
+
+import psycopg
+
+from levity.database import DatabaseStartupError, StorageError, redact
+from levity.schema_pg import SchemaError, check
+from levity.store import TRANSACTION_SELECT, Transaction, _operator_view
+
+log = logging.getLogger("levity.store")
+
+RETRY_SECONDS = 1.0  # wait before a queued batch the database refused is tried again
+CONNECT_TIMEOUT_SECONDS = 5
+
+INSERT_METER_VALUE = (
+    "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
+    "phase, context, location, format) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+SELECT = TRANSACTION_SELECT  # no placeholders: the same text serves both engines
+
+
+class PostgresStore:
+    def __init__(self, url: str, password: bytes | None = None, check_schema: bool = True):
+        self.name = redact(url)
+        self._url = url
+        self._password = password.decode() if password else None
+        self._queue: list[tuple[str, Any, bool]] = []  # (sql, params or rows, executemany)
+        self._meter_rows: list[tuple] = []
+        self._heartbeats: dict[str, str] = {}
+        self._scheduled = False
+        self.write_failures = 0  # batches the database refused (each is retried)
+        try:
+            self._db = self._connect()
+            if check_schema:
+                check(self._db.cursor(), self.name)
+        except psycopg.Error as exc:
+            raise DatabaseStartupError(f"cannot open the database {self.name}: {describe(exc)}") from None
+        except SchemaError as exc:
+            raise DatabaseStartupError(str(exc)) from None
+
+    def _connect(self) -> psycopg.Connection:
+        kwargs = {"password": self._password} if self._password else {}
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                               application_name="levity", **kwargs)
+
+    def connection(self) -> psycopg.Connection:
+        if self._db.closed or self._db.broken:
+            self._db = self._connect()
+            log.warning("database %s: connected again", self.name)
+        return self._db
+
+    def close(self) -> None:
+        try:
+            self.commit()
+        finally:
+            self._db.close()
+
+    # Queued writes ----------------------------------------------------------------------------
+
+    def _write(self, sql: str, params=()) -> None:
+        self._queue.append((sql, params, False))
+        self._schedule()
+
+    def _write_many(self, sql: str, rows) -> None:
+        rows = list(rows)
+        if rows:
+            self._queue.append((sql, rows, True))
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self._commit_soon)
+            self._scheduled = True
+        except RuntimeError:  # no event loop (command line tools): the caller commits
+            pass
+
+    def _commit_soon(self) -> None:
+        self._scheduled = False
+        try:
+            self.commit()
+        except StorageError as exc:
+            log.error("%s: the writes stay queued and are tried again in %.0fs", exc, RETRY_SECONDS)
+            self._scheduled = True
+            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._commit_soon)
+
+    def commit(self) -> None:
+        """Send every queued write in one transaction; StorageError (the writes stay queued)
+        when the database cannot take them."""
+        if not (self._queue or self._meter_rows or self._heartbeats):
+            return
+        queue, meters, beats = self._queue, self._meter_rows, self._heartbeats
+        self._queue, self._meter_rows, self._heartbeats = [], [], {}
+        try:
+            self._send(queue, meters, beats)
+        except psycopg.Error as exc:
+            self.write_failures += 1
+            # Back in front of what was queued meanwhile, in order.
+            self._queue = queue + self._queue
+            self._meter_rows = meters + self._meter_rows
+            beats.update(self._heartbeats)
+            self._heartbeats = beats
+            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+
+    async def commit_durable(self, key: Any = None) -> None:
+        """Awaited by the transaction handlers before they answer: the rows are committed."""
+        self.commit()
+
+    def _send(self, queue, meters, beats) -> None:
+        db = self.connection()
+        with db.pipeline(), db.transaction(), db.cursor() as cursor:
+            for sql, params, many in queue:
+                if many:
+                    cursor.executemany(sql, params)
+                else:
+                    cursor.execute(sql, params)
+            if meters:
+                cursor.executemany(INSERT_METER_VALUE, meters)
+            if beats:
+                cursor.executemany("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
+                                   [(now, cp) for cp, now in beats.items()])
+
+    def _read(self, sql: str, params=()) -> psycopg.Cursor:
+        self.commit()  # read what this instance wrote
+        try:
+            return self.connection().execute(sql, params)
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+
+    # Charge points -------------------------------------------------------------------------
+
+    def register(self, charge_point_ids: Iterable[str], now: str) -> None:
+        self._write_many(
+            "INSERT INTO charge_points (id, registered, first_seen) VALUES (%s, 1, %s) "
+            "ON CONFLICT (id) DO UPDATE SET registered = 1", [(cp, now) for cp in charge_point_ids])
+
+    def unregister(self, charge_point_ids: Iterable[str]) -> None:
+        self._write_many("UPDATE charge_points SET registered = 0 WHERE id = %s", [(cp,) for cp in charge_point_ids])
+
+    def set_password_hash(self, charge_point_id: str, password_hash: str | None, now: str) -> None:
+        self._write(
+            "INSERT INTO charge_points (id, registered, first_seen, password_hash) VALUES (%s, 1, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET password_hash = excluded.password_hash, registered = 1",
+            (charge_point_id, now, password_hash))
+
+    def password_hash(self, charge_point_id: str) -> str | None:
+        row = self._read("SELECT password_hash FROM charge_points WHERE id = %s", (charge_point_id,)).fetchone()
+        return row[0] if row else None
+
+    def registered_ids(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT id FROM charge_points WHERE registered = 1 ORDER BY id")]
+
+    def is_registered(self, charge_point_id: str) -> bool:
+        row = self._read("SELECT registered FROM charge_points WHERE id = %s", (charge_point_id,)).fetchone()
+        return bool(row and row[0])
+
+    def record_boot(self, charge_point_id: str, info: dict[str, Any], status: str, registered: bool, now: str) -> None:
+        self._write(
+            "INSERT INTO charge_points (id, registered, vendor, model, serial_number, firmware_version, "
+            "registration_status, first_seen, last_boot) VALUES (%(id)s, %(registered)s, %(vendor)s, %(model)s, "
+            "%(serial)s, %(firmware)s, %(status)s, %(now)s, %(now)s) ON CONFLICT (id) DO UPDATE SET "
+            "registered = greatest(charge_points.registered, excluded.registered), vendor = excluded.vendor, "
+            "model = excluded.model, serial_number = excluded.serial_number, "
+            "firmware_version = excluded.firmware_version, registration_status = excluded.registration_status, "
+            "last_boot = excluded.last_boot",
+            {"id": charge_point_id, "registered": int(registered), "vendor": info.get("vendor"),
+             "model": info.get("model"), "serial": info.get("serial_number"),
+             "firmware": info.get("firmware_version"), "status": status, "now": now})
+
+    def record_heartbeat(self, charge_point_id: str, now: str) -> None:
+        self._heartbeats[charge_point_id] = now
+        self._schedule()
+
+    def record_cp_status(self, charge_point_id: str, column: str, status: str) -> None:
+        assert column in ("firmware_status", "diagnostics_status")
+        self._write(f"UPDATE charge_points SET {column} = %s WHERE id = %s", (status, charge_point_id))
+
+    def charge_point(self, charge_point_id: str) -> dict[str, Any] | None:
+        cursor = self._read("SELECT * FROM charge_points WHERE id = %s", (charge_point_id,))
+        row = cursor.fetchone()
+        return dict(zip([c.name for c in cursor.description], row)) if row else None
+
+    # Connectors ----------------------------------------------------------------------------
+
+    def record_status(self, charge_point_id: str, connector_id: int, status: str, error_code: str,
+                      info: str | None, vendor_error_code: str | None, status_timestamp: str | None,
+                      now: str) -> None:
+        self._write(
+            "INSERT INTO connectors VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (charge_point_id, connector_id) "
+            "DO UPDATE SET status = excluded.status, error_code = excluded.error_code, info = excluded.info, "
+            "vendor_error_code = excluded.vendor_error_code, status_timestamp = excluded.status_timestamp, "
+            "updated_at = excluded.updated_at",
+            (charge_point_id, connector_id, status, error_code, info, vendor_error_code, status_timestamp, now))
+
+    def connector_status(self, charge_point_id: str, connector_id: int) -> tuple[str, str] | None:
+        return self._read("SELECT status, error_code FROM connectors WHERE charge_point_id = %s "
+                          "AND connector_id = %s", (charge_point_id, connector_id)).fetchone()
+
+    # Transactions --------------------------------------------------------------------------
+
+    def start_transaction(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                          start_timestamp: str, reservation_id: int | None, now: str,
+                          event_id: str | None = None) -> int:
+        # The id from the shared sequence (unique across instances); the row goes with the
+        # batch, which the caller commits before it answers.
+        transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+        self._write(
+            "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
+            "reservation_id, created_at, start_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (transaction_id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
+             reservation_id, now, event_id))
+        return transaction_id
+
+    def transaction(self, transaction_id: int) -> Transaction | None:
+        if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
+            return None
+        row = self._read(f"{SELECT} WHERE id = %s", (transaction_id,)).fetchone()
+        return Transaction.from_row(row) if row else None
+
+    def identical_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                        start_timestamp: str) -> Transaction | None:
+        row = self._read(
+            f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
+            "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1",
+            (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)).fetchone()
+        return Transaction.from_row(row) if row else None
+
+    def open_on_connector(self, charge_point_id: str, connector_id: int) -> list[Transaction]:
+        return [Transaction.from_row(row) for row in self._read(
+            f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
+            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, connector_id))]
+
+    def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
+                         id_tag: str | None, now: str, event_id: str | None = None,
+                         request: dict | None = None) -> None:
+        self._write(
+            "UPDATE transactions SET meter_stop = %s, stop_timestamp = %s, stop_reason = %s, stop_id_tag = %s, "
+            "stopped_at = %s, stop_event_id = %s, stop_request = %s WHERE id = %s",
+            (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
+             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id))
+
+    def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,
+                        event_sent: bool = True) -> Transaction:
+        """As Store.close_abandoned: LookupError unknown, ValueError already closed."""
+        if not reason or not reason.strip():
+            raise ValueError("a reason is required to close a transaction")
+        self._write(
+            "UPDATE transactions SET abandoned_at = %s, abandon_reason = %s, abandon_event_id = %s, "
+            "abandon_event_sent = %s WHERE id = %s AND stopped_at IS NULL AND abandoned_at IS NULL",
+            (now, reason.strip(), event_id, int(event_sent), transaction_id))
+        closed = self.transaction(transaction_id)
+        if closed is None:
+            raise LookupError(f"no transaction {transaction_id}")
+        if closed.abandon_event_id != event_id:
+            state = "stopped" if closed.stopped else "closed as abandoned"
+            raise ValueError(f"transaction {transaction_id} is already {state}")
+        return closed
+
+    def pending_closes(self) -> list[Transaction]:
+        return [Transaction.from_row(row) for row in self._read(f"{SELECT} WHERE abandon_event_sent = 0 ORDER BY id")]
+
+    def mark_close_sent(self, transaction_id: int) -> None:
+        self._write("UPDATE transactions SET abandon_event_sent = 1 WHERE id = %s", (transaction_id,))
+
+    def open_transactions(self, charge_point_id: str | None = None) -> list[dict[str, Any]]:
+        return self.transactions(charge_point_id, open_only=True)
+
+    def transactions(self, charge_point_id: str | None = None, open_only: bool | None = None,
+                     limit: int | None = None, transaction_id: int | None = None,
+                     newest_first: bool = False) -> list[dict[str, Any]]:
+        """As Store.transactions."""
+        where, params = [], []
+        if charge_point_id is not None:
+            where.append("charge_point_id = %s")
+            params.append(charge_point_id)
+        if transaction_id is not None:
+            where.append("id = %s")
+            params.append(transaction_id)
+        if open_only is not None:
+            where.append("stopped_at IS NULL AND abandoned_at IS NULL" if open_only
+                         else "(stopped_at IS NOT NULL OR abandoned_at IS NOT NULL)")
+        sql = SELECT + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        if newest_first:
+            sql += " DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        now = time.time()
+        return [_operator_view(Transaction.from_row(row), now) for row in self._read(sql, params)]
+
+    def meter_stop(self, charge_point_id: str, transaction_id: int) -> int | None:
+        row = self._read("SELECT meter_stop FROM transactions WHERE id = %s AND charge_point_id = %s "
+                         "AND stopped_at IS NOT NULL", (transaction_id, charge_point_id)).fetchone()
+        return row[0] if row else None
+
+    def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
+        return self._read(
+            "SELECT value, unit FROM meter_values WHERE transaction_id = %s AND charge_point_id = %s "
+            "AND measurand = 'Energy.Active.Import.Register'", (transaction_id, charge_point_id)).fetchall()
+
+    # Meter values --------------------------------------------------------------------------
+
+    def add_meter_values(self, charge_point_id: str, connector_id: int, transaction_id: int | None,
+                         meter_value: list[dict[str, Any]]) -> None:
+        rows = [
+            (charge_point_id, connector_id, transaction_id, entry.get("timestamp", ""),
+             sample.get("measurand") or "Energy.Active.Import.Register", str(sample.get("value", "")),
+             sample.get("unit"), sample.get("phase"), sample.get("context"), sample.get("location"),
+             sample.get("format"))
+            for entry in meter_value for sample in entry.get("sampled_value", ())
+        ]
+        if rows:
+            self._meter_rows += rows
+            self._schedule()
+
+    # Operator API: read queries --------------------------------------------------------------
+
+    def charge_point_rows(self, charge_point_id: str | None = None) -> list[dict[str, Any]]:
+        where = "WHERE cp.id = %s" if charge_point_id is not None else ""
+        cursor = self._read(
+            "SELECT cp.id, cp.registered, cp.vendor, cp.model, cp.serial_number, cp.firmware_version, "
+            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, "
+            "(SELECT max(updated_at) FROM connectors c WHERE c.charge_point_id = cp.id) AS last_status "
+            f"FROM charge_points cp {where} ORDER BY cp.id", () if charge_point_id is None else (charge_point_id,))
+        names = [c.name for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    def connectors(self, charge_point_id: str) -> list[dict[str, Any]]:
+        cursor = self._read(
+            "SELECT connector_id, status, error_code, info, vendor_error_code, status_timestamp, updated_at "
+            "FROM connectors WHERE charge_point_id = %s ORDER BY connector_id", (charge_point_id,))
+        names = [c.name for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor]
+
+    # Operator API tokens (only their hashes) ----------------------------------------------------
+
+    def add_api_token(self, name: str, role: str, token_hash: str, now: str) -> None:
+        """KeyError when the name is taken (nothing stays queued)."""
+        self.commit()
+        try:
+            with self.connection().transaction():
+                self._db.execute("INSERT INTO api_tokens (name, role, token_hash, created_at) "
+                                 "VALUES (%s, %s, %s, %s)", (name, role, token_hash, now))
+        except psycopg.errors.UniqueViolation:
+            raise KeyError(name) from None
+
+    def revoke_api_token(self, name: str) -> bool:
+        self.commit()
+        return self.connection().execute("DELETE FROM api_tokens WHERE name = %s", (name,)).rowcount > 0
+
+    def api_tokens(self) -> list[tuple[str, str, str]]:
+        return [tuple(r) for r in self._read("SELECT name, role, created_at FROM api_tokens ORDER BY name")]
+
+    def api_token(self, token_hash: str) -> tuple[str, str] | None:
+        row = self._read("SELECT name, role FROM api_tokens WHERE token_hash = %s", (token_hash,)).fetchone()
+        return tuple(row) if row else None
+
+    def count(self, table: str) -> int:
+        assert table in ("charge_points", "connectors", "transactions", "meter_values")
+        return self._read(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    # Several instances (levity/cluster.py) --------------------------------------------------
+
+    def claim_connection(self, charge_point_id: str, instance_id: str) -> int:
+        """Record that this instance now holds the charger's connection; the new generation.
+        The notification tells the instance that held it before to close its stale one."""
+        self.commit()
+        db = self.connection()
+        with db.transaction():
+            generation = db.execute(
+                "INSERT INTO connection_owners (charge_point_id, instance_id, generation) "
+                "VALUES (%s, %s, nextval('connection_generations')) ON CONFLICT (charge_point_id) DO UPDATE SET "
+                "instance_id = excluded.instance_id, generation = excluded.generation, connected_at = now() "
+                "RETURNING generation", (charge_point_id, instance_id)).fetchone()[0]
+            db.execute("SELECT pg_notify('levity_connections', %s)",
+                       (json.dumps([charge_point_id, instance_id, generation]),))
+        return generation
+
+
+def describe(exc: psycopg.Error) -> str:
+    """libpq's first line (e.g. 'password authentication failed for user "levity"'), which
+    never carries the password."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
