@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from levity.database import redact
+from levity.proxy import parse_networks
 
 
 class ConfigError(ValueError):
@@ -99,6 +100,11 @@ class Settings:
     database: str = opt("LEVITY_DATABASE", "levity.db",
                         "SQLite database file (':memory:' keeps nothing), or a postgresql://user@host:port/db URL "
                         "shared by several instances (docs/scaling.md)")
+    trusted_proxies: tuple = opt(
+        "LEVITY_TRUSTED_PROXIES", (),
+        "addresses or networks of balancers in front (e.g. HAProxy): from them, the charger's address is the "
+        "last X-Forwarded-For entry (logged as remote_address, used by the authentication limits)",
+        parse=parse_networks)
     database_password: str | None = opt("LEVITY_DATABASE_PASSWORD", None,
                                         "password of the PostgreSQL database (also PGPASSWORD or ~/.pgpass)",
                                         secret=True)

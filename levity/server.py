@@ -43,6 +43,7 @@ from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
 from levity.database import DatabaseStartupError, is_postgres, open_store
+from levity.proxy import forwarded_client
 from levity.transactions import send_pending_closes_forever
 from levity.transport import OcppConnection
 
@@ -214,7 +215,7 @@ class CentralSystem:
         if credentials is not None and credentials[0] == charge_point_id and stored is not None \
                 and self.credentials.known(charge_point_id, credentials[1], stored):
             return None  # proven before against this very hash: no scrypt, no rate limit
-        address = connection.remote_address[0] if connection.remote_address else "unknown"
+        address = self._client_host(connection)
         for limiter, key in ((self.auth_failures_by_id, charge_point_id), (self.auth_failures_by_address, address)):
             if limiter.blocked(key):
                 self.auth_stats["refused_rate_limited"] += 1
@@ -341,7 +342,7 @@ class CentralSystem:
 
     def opened(self, connection: OcppConnection) -> None:
         charge_point_id = charge_point_id_from_path(connection.request.path)
-        remote = format_address(connection.remote_address)
+        remote = self._client_address(connection)
         if connection.subprotocol != SUBPROTOCOL:
             log.warning("%s from %s offered no %s subprotocol: closing", charge_point_id, remote, SUBPROTOCOL)
             connection.close(1002, f"{SUBPROTOCOL} subprotocol required")
@@ -363,6 +364,24 @@ class CentralSystem:
         connection.on_close = lambda _: self._closed(session)
         self.sink.emit(self.events.make("websocket_connect", charge_point_id, remote_address=remote))
         log.info("%s connected from %s", charge_point_id, remote)
+
+    def _forwarded(self, connection: OcppConnection) -> str | None:
+        """The charger's address as a trusted balancer reports it (levity/proxy.py)."""
+        peer = connection.remote_address[0] if connection.remote_address else None
+        headers = connection.request.headers if connection.request is not None else None
+        return forwarded_client(peer, headers, self.settings.trusted_proxies)
+
+    def _client_host(self, connection: OcppConnection) -> str:
+        peer = connection.remote_address[0] if connection.remote_address else None
+        return self._forwarded(connection) or peer or "unknown"
+
+    def _client_address(self, connection: OcppConnection) -> str:
+        """As remote_address in the audit trail: the charger's, also behind a trusted balancer
+        (which does not pass the charger's port on)."""
+        forwarded = self._forwarded(connection)
+        if forwarded:
+            return f"[{forwarded}]" if ":" in forwarded else forwarded
+        return format_address(connection.remote_address)
 
     def _replaced_elsewhere(self, charge_point_id: str, generation: int) -> None:
         """The charger connected to another instance after it connected here: this one is stale."""

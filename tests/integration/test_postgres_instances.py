@@ -5,8 +5,6 @@ cannot use stops the start with one clear line."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 import websockets
@@ -15,38 +13,7 @@ from ocpp.v16 import call
 from tests.conftest import read_audit_file
 from tests.support import postgres
 from tests.support.ocpp_client import BOOT, library_charge_point, raw_charge_point
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    reason = postgres.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def database(postgres_server):
-    """A fresh database with Levity's schema; its URL (password included)."""
-    url = postgres_server.new_database()
-    upgrade = levity_command("db", "upgrade", database=url)
-    assert upgrade.returncode == 0, upgrade.stderr
-    return url
-
-
-@pytest.fixture
-def instances(levity, database):
-    """Factory: `levity serve` instances sharing the test's database."""
-    def make(count: int = 1, env: dict[str, str] | None = None):
-        return [levity({"LEVITY_DATABASE": database, **(env or {})}) for _ in range(count)]
-    return make
-
-
-def levity_command(*args: str, database: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "levity.cli", *args], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "LEVITY_DATABASE": database, **(env or {})})
+from tests.support.postgres import levity_command
 
 
 def audit(server, event_type):

@@ -9,6 +9,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -84,3 +85,8 @@ class PostgresServer:
         subprocess.run([*self.run_as, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def levity_command(*args: str, database: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "levity.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "LEVITY_DATABASE": database, **(env or {})})
