@@ -24,15 +24,15 @@ TEMPLATE = Path(__file__).parents[2] / "roles" / "haproxy" / "templates" / "hapr
 CLIENT_ADDRESS = "127.0.0.3"  # chargers connect from here; HAProxy itself reaches Levity from 127.0.0.1
 
 
-def render(servers, ocpp_port: int, api_port: int) -> str:
+def render(servers, ocpp_port: int, api_port: int, **overrides) -> str:
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                      trim_blocks=True, lstrip_blocks=True)
     environment.filters["comment"] = lambda text: f"# {text}"  # Ansible's filter
     return environment.from_string(TEMPLATE.read_text()).render(
         ansible_managed="rendered by the tests", haproxy_log_target="stdout format raw", haproxy_maxconn=4000,
-        haproxy_tls_certificate="", haproxy_tunnel_timeout="1h", haproxy_bind_address="127.0.0.1",
+        haproxy_tunnel_timeout="1h", haproxy_bind_address="127.0.0.1",
         haproxy_ocpp_port=ocpp_port, haproxy_api_bind_address="127.0.0.1", haproxy_api_port=api_port,
-        haproxy_check_interval="500ms", haproxy_levity_servers=servers)
+        haproxy_check_interval="500ms", haproxy_levity_servers=servers, **{"haproxy_levity_tls_ca": "", "haproxy_tls_certificate": "", **overrides})
 
 
 @pytest.fixture
@@ -88,12 +88,13 @@ def test_the_shipped_configuration_is_valid_with_tls(tmp_path):
     pki = make_certs(tmp_path)
     pem = tmp_path / "haproxy.pem"
     pem.write_bytes(Path(pki.server_cert).read_bytes() + Path(pki.server_key).read_bytes())
-    text = render([{"name": "a", "address": "10.0.0.1"}, {"name": "b", "address": "10.0.0.2"}], 443, 9443)
-    text = text.replace("bind 127.0.0.1:443\n", f"bind 127.0.0.1:443 ssl crt {pem}\n")
+    text = render([{"name": "a", "address": "10.0.0.1"}, {"name": "b", "address": "10.0.0.2"}], 443, 9443,
+                  haproxy_tls_certificate=str(pem), haproxy_levity_tls_ca=str(pki.ca_cert))
     config = tmp_path / "haproxy.cfg"
     config.write_text(text)
     check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    assert f"bind 127.0.0.1:443 ssl crt {pem}" in text and "ssl verify required ca-file" in text
     assert "hash-type consistent" in text and "option httpchk GET /health" in text
 
 
