@@ -49,7 +49,9 @@ class PostgresStore:
         self._meter_rows: list[tuple] = []
         self._heartbeats: dict[str, str] = {}
         self._scheduled = False
+        self._down_until = 0.0  # after a failed connect: fail fast instead of blocking the loop again
         self.write_failures = 0  # batches the database refused (each is retried)
+        self.reconnects = 0
         try:
             self._db = self._connect()
             if check_schema:
@@ -65,8 +67,17 @@ class PostgresStore:
                                application_name="levity", **kwargs)
 
     def connection(self) -> psycopg.Connection:
+        """The open connection, opened again after a loss (psycopg.OperationalError when it cannot
+        be: at most one attempt per RETRY_SECONDS, as a connect blocks the event loop)."""
         if self._db.closed or self._db.broken:
-            self._db = self._connect()
+            if time.monotonic() < self._down_until:
+                raise psycopg.OperationalError("the database was unreachable moments ago")
+            try:
+                self._db = self._connect()
+            except psycopg.Error:
+                self._down_until = time.monotonic() + RETRY_SECONDS
+                raise
+            self.reconnects += 1
             log.warning("database %s: connected again", self.name)
         return self._db
 

@@ -160,3 +160,47 @@ async def test_a_stale_connection_on_the_old_instance_loses_to_the_newest_on_ano
     await until(lambda: audit(first, "websocket_disconnect"), "the old instance audits the close")
     [disconnect] = audit(first, "websocket_disconnect")
     assert disconnect["replaced"] is True
+
+
+# The database going away while serving ------------------------------------------------------
+
+@pytest.fixture
+def own_postgres_server():
+    """A server of this test's own, as the test stops it."""
+    reason = postgres.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = postgres.PostgresServer().start()
+    yield server
+    server.stop()
+
+
+async def test_heartbeats_are_answered_while_the_database_is_down_and_no_write_is_lost(levity, own_postgres_server):
+    import psycopg
+
+    url = own_postgres_server.new_database()
+    assert levity_command("db", "upgrade", database=url).returncode == 0
+    server = levity({"LEVITY_DATABASE": url})
+    async with raw_charge_point(server.url, "CP-OUT") as cp:
+        assert (await cp.call("b", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}))[0] == 3
+        own_postgres_server.pause()
+        heartbeat = await cp.call("h", "Heartbeat", {})
+        assert heartbeat[0] == 3 and "currentTime" in heartbeat[2]  # answered: the spec allows it
+        start_payload = {"connectorId": 1, "idTag": "U1", "meterStart": 10, "timestamp": "2024-01-15T10:10:00Z"}
+        refused = await cp.call("s1", "StartTransaction", start_payload)
+        assert refused[0] == 4  # no transaction id the database does not hold
+        own_postgres_server.resume()
+        started = None
+        for attempt in range(100):  # the charger retries, as chargers do
+            answer = await cp.call(f"s{attempt + 2}", "StartTransaction", start_payload)
+            if answer[0] == 3:
+                started = answer[2]["transactionId"]
+                break
+            await asyncio.sleep(0.1)
+        assert started is not None
+    with psycopg.connect(url) as connection:
+        rows = connection.execute("SELECT id FROM transactions").fetchall()
+        heartbeat_seen = connection.execute("SELECT last_heartbeat FROM charge_points WHERE id = 'CP-OUT'").fetchone()
+    assert rows == [(started,)]  # one transaction, not two
+    assert heartbeat_seen[0] is not None  # the heartbeat written while the database was down landed
+    assert "tried again" in server.log()

@@ -62,11 +62,19 @@ class PostgresServer:
             shutil.chown(pwfile, "postgres")
         self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", USER, "--auth=scram-sha-256",
                   f"--pwfile={pwfile}", "--encoding=UTF8", "--no-sync")
+        return self.resume()
+
+    def resume(self) -> "PostgresServer":
+        """Start the server (again, after pause())."""
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir} "
                    "-c fsync=off -c max_connections=200")
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "server.log"),
                   "-o", options, "-w", "start")
         return self
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: the database goes away under Levity."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def url(self, database: str = "postgres", password: str | None = PASSWORD) -> str:
         secret = f":{password}" if password is not None else ""
