@@ -7,12 +7,14 @@ the one well-kept driver with the same types in a blocking and an asyncio API: t
 its blocking connection on the event loop thread, levity/cluster.py its asyncio connection for
 LISTEN/NOTIFY.
 
-Writes are queued and sent together once per event loop turn, in one database transaction in
-pipeline mode (one round trip for hundreds of calls), as the SQLite store groups its commits. A
-transaction start or stop is committed before the charger gets its answer (commit() /
-commit_durable()). When the database cannot take a batch, the batch stays queued, in order, and
-is tried again (StorageError to a caller that waits for it): a write is never silently dropped.
-Reads send the queued writes first, so they see what this instance wrote.
+Writes are queued and committed together once per event loop turn, in one database transaction
+sent in pipeline mode (one round trip for hundreds of calls), as the SQLite store groups its
+commits. A read sends the queued writes ahead of itself in the same round trip and the same open
+transaction, so it sees what this instance wrote. A transaction start or stop is committed before
+the charger gets its answer (commit() / commit_durable()). When the database cannot take a
+commit, its writes go back to the queue, in order, and are tried again (StorageError to a caller
+that waits for it): a write is never silently dropped. A write the database refuses for good (a
+value out of its range) is applied alone, logged and counted, so it cannot hold back the others.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ class PostgresStore:
         self._meter_rows: list[tuple] = []
         self._heartbeats: dict[str, str] = {}
         self._scheduled = False
+        self._in_transaction = False  # this turn's writes sent but not yet committed
+        self._sent: list[tuple] = []  # those writes, to queue again if the commit fails
         self._down_until = 0.0  # after a failed connect: fail fast instead of blocking the loop again
-        self.write_failures = 0  # batches the database refused (each is retried)
+        self.write_failures = 0  # commits the database could not take (their writes are retried)
+        self.refused_writes = 0  # writes the database refuses for good (logged, then dropped)
         self.reconnects = 0
         try:
             self._db = self._connect()
@@ -118,47 +123,100 @@ class PostgresStore:
             asyncio.get_running_loop().call_later(RETRY_SECONDS, self._commit_soon)
 
     def commit(self) -> None:
-        """Send every queued write in one transaction; StorageError (the writes stay queued)
-        when the database cannot take them."""
-        if not (self._queue or self._meter_rows or self._heartbeats):
+        """Commit this turn's writes (those queued and those already sent by a read) in one
+        round trip; StorageError when the database cannot take them (they stay queued)."""
+        if not (self._in_transaction or self._queue or self._meter_rows or self._heartbeats):
             return
-        queue, meters, beats = self._queue, self._meter_rows, self._heartbeats
-        self._queue, self._meter_rows, self._heartbeats = [], [], {}
         try:
-            self._send(queue, meters, beats)
+            db = self.connection()
+            with db.pipeline():
+                self._send_pending(db)
+                db.execute("COMMIT")
         except psycopg.Error as exc:
-            self.write_failures += 1
-            # Back in front of what was queued meanwhile, in order.
-            self._queue = queue + self._queue
-            self._meter_rows = meters + self._meter_rows
-            beats.update(self._heartbeats)
-            self._heartbeats = beats
-            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+            raise self._failed(exc) from exc
+        self._in_transaction = False
+        self._sent = []
 
     async def commit_durable(self, key: Any = None) -> None:
         """Awaited by the transaction handlers before they answer: the rows are committed."""
         self.commit()
 
-    def _send(self, queue, meters, beats) -> None:
-        db = self.connection()
-        with db.pipeline(), db.transaction(), db.cursor() as cursor:
-            for sql, params, many in queue:
-                if many:
-                    cursor.executemany(sql, params)
-                else:
-                    cursor.execute(sql, params)
-            if meters:
-                cursor.executemany(INSERT_METER_VALUE, meters)
-            if beats:
-                cursor.executemany("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
-                                   [(now, cp) for cp, now in beats.items()])
-
     def _read(self, sql: str, params=()) -> psycopg.Cursor:
-        self.commit()  # read what this instance wrote
+        """A query that sees this instance's writes: the queued ones go first, in the same round
+        trip and the same (still open) transaction, as SQLite reads its own uncommitted writes."""
         try:
-            return self.connection().execute(sql, params)
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+            db = self.connection()
+            with db.pipeline():
+                self._send_pending(db)
+                cursor = db.execute(sql, params)
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        return cursor
+
+    def _send_pending(self, db: psycopg.Connection) -> None:
+        """Send the queued writes inside this turn's transaction (opened here); kept in _sent
+        until the commit, to queue them again if it fails."""
+        if not (self._queue or self._meter_rows or self._heartbeats):
+            return
+        batch = (self._queue, self._meter_rows, self._heartbeats)
+        self._queue, self._meter_rows, self._heartbeats = [], [], {}
+        self._sent.append(batch)
+        if not self._in_transaction:
+            db.execute("BEGIN")
+            self._in_transaction = True
+        for sql, params, many in self._entries(*batch):
+            if many:
+                db.cursor().executemany(sql, params)
+            else:
+                db.execute(sql, params)
+
+    @staticmethod
+    def _entries(queue, meters, beats):
+        yield from queue
+        if meters:
+            yield INSERT_METER_VALUE, meters, True
+        if beats:
+            yield ("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
+                   [(now, cp) for cp, now in beats.items()], True)
+
+    def _failed(self, exc: psycopg.Error) -> StorageError:
+        """Roll back; every write of the open transaction goes back in front of the queue, in order."""
+        self.write_failures += 1
+        if self._in_transaction and not (self._db.closed or self._db.broken):
+            try:
+                self._db.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
+        self._in_transaction = False
+        for queue, meters, beats in reversed(self._sent):
+            self._queue = queue + self._queue
+            self._meter_rows = meters + self._meter_rows
+            beats.update(self._heartbeats)
+            self._heartbeats = beats
+        self._sent = []
+        if not isinstance(exc, psycopg.OperationalError):
+            self._apply_one_by_one()
+        return StorageError(f"database {self.name}: {describe(exc)}")
+
+    def _apply_one_by_one(self) -> None:
+        """A write the database refuses (a value out of its range) must not hold back the others
+        forever: each queued write is committed alone, and one refused is logged and counted."""
+        entries = list(self._entries(self._queue, self._meter_rows, self._heartbeats))
+        self._queue, self._meter_rows, self._heartbeats = [], [], {}
+        for index, (sql, params, many) in enumerate(entries):
+            try:
+                with self._db.transaction():
+                    if many:
+                        self._db.cursor().executemany(sql, params)
+                    else:
+                        self._db.execute(sql, params)
+            except psycopg.OperationalError:
+                self._queue = entries[index:] + self._queue  # the database went away: keep the rest
+                return
+            except psycopg.Error as exc:
+                self.refused_writes += 1
+                log.error("database %s refused a write, which is dropped: %s (%s)", self.name, describe(exc),
+                          " ".join(sql.split()[:3]))
 
     # Charge points -------------------------------------------------------------------------
 
