@@ -8,14 +8,25 @@ from tests.support import postgres
 from tests.support.postgres import levity_command
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
+def _started_postgres():
     reason = postgres.unavailable_reason()
     if reason:
         pytest.skip(reason)
     server = postgres.PostgresServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One server for the session; each test makes its own database on it."""
+    yield from _started_postgres()
+
+
+@pytest.fixture
+def own_postgres_server():
+    """A server of the test's own, for a test that stops it."""
+    yield from _started_postgres()
 
 
 @pytest.fixture

@@ -164,17 +164,6 @@ async def test_a_stale_connection_on_the_old_instance_loses_to_the_newest_on_ano
 
 # The database going away while serving ------------------------------------------------------
 
-@pytest.fixture
-def own_postgres_server():
-    """A server of this test's own, as the test stops it."""
-    reason = postgres.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    server = postgres.PostgresServer().start()
-    yield server
-    server.stop()
-
-
 async def test_heartbeats_are_answered_while_the_database_is_down_and_no_write_is_lost(levity, own_postgres_server):
     import psycopg
 
