@@ -20,7 +20,8 @@ from typing import Callable
 
 import psycopg
 
-from levity.database import StorageError
+from levity.database import DatabaseStartupError, StorageError, redact
+from levity.store_pg import describe
 
 log = logging.getLogger("levity.cluster")
 
@@ -51,7 +52,11 @@ class InstanceCluster:
             return 0
 
     async def start(self) -> None:
-        connection = await self._connect()  # at start a failure is the caller's to report
+        try:
+            connection = await self._connect()
+        except psycopg.Error as exc:
+            raise DatabaseStartupError(f"cannot listen for other instances on the database "
+                                       f"{redact(self._url)}: {describe(exc)}") from None
         self._task = asyncio.create_task(self._listen(connection))
 
     async def _connect(self) -> psycopg.AsyncConnection:
@@ -62,20 +67,26 @@ class InstanceCluster:
         return connection
 
     async def _listen(self, connection: psycopg.AsyncConnection | None) -> None:
-        while True:
-            try:
-                if connection is None:
-                    connection = await self._connect()
-                    log.warning("listening for other instances' connections again")
-                async for notice in connection.notifies():
-                    self._notified(notice.payload)
-            except psycopg.Error as exc:
-                log.warning("lost the database notifications (%s): retrying in %.0fs", exc, RELISTEN_SECONDS)
+        try:
+            while True:
+                try:
+                    if connection is None:
+                        connection = await self._connect()
+                        log.warning("listening for other instances' connections again")
+                    async for notice in connection.notifies():
+                        self._notified(notice.payload)
+                except psycopg.Error as exc:
+                    log.warning("lost the database notifications (%s): retrying in %.0fs", describe(exc),
+                                RELISTEN_SECONDS)
+                if connection is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await connection.close()
+                connection = None
+                await asyncio.sleep(RELISTEN_SECONDS)
+        finally:
             if connection is not None:
                 with contextlib.suppress(psycopg.Error):
                     await connection.close()
-            connection = None
-            await asyncio.sleep(RELISTEN_SECONDS)
 
     def _notified(self, payload: str) -> None:
         try:

@@ -450,8 +450,8 @@ class CentralSystem:
         if self.cluster is not None:
             try:
                 await self.cluster.start()
-            except Exception as exc:  # psycopg.Error: one line, as for the store
-                raise StartupError(f"cannot listen for other instances on {self.store.name}: {exc}") from None
+            except DatabaseStartupError as exc:
+                raise StartupError(str(exc)) from None
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"
