@@ -9,6 +9,7 @@ skip_schema_validation: the payload was already checked against the same schemas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -22,11 +23,12 @@ from ocpp.v16 import call_result
 from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action, AuthorizationStatus
 
+from levity import metrics
 from levity.audit.events import DEFAULT_MEASURAND, EventFactory, count_samples, iso_utc, new_event_id
-from levity.audit.sink import AuditSink
+from levity.audit.sink import AuditSink, NotDurable
 from levity.protocol import CALLRESULT, Call, CallError, PayloadValidator, Reply, call_result as encode_result
 from levity.protocol import check_action, parse_frame, response_payload, to_snake
-from levity.store import Store
+from levity.store import StorageError, Store
 from levity.transactions import (abandoned_detail, abandoned_event, highest_register, meter_anomalies,
                                  register_above_stop, registers_in, repeated_stop_detail, stop_request)
 
@@ -90,6 +92,7 @@ class CentralSystemContext:
                  max_calls_per_second: float = 50.0):
         self.max_calls_per_second = max_calls_per_second
         self.throttled = 0
+        self.not_stored = 0  # transaction calls answered with a CALLERROR because storage failed
         self.store = store
         self.sink = sink
         self.events = events
@@ -97,6 +100,25 @@ class CentralSystemContext:
         self.validator = validator
         self.boot_policy = boot_policy
         self.heartbeat_interval = heartbeat_interval
+        self._transaction_locks: dict[str, list] = {}  # charge point id -> [asyncio.Lock, users]
+
+    @contextlib.asynccontextmanager
+    async def transaction_lock(self, charge_point_id: str):
+        """Held by a transaction decision (repeated start or stop, abandoned, a meter check) from
+        its reads until its writes are committed: the store's reads see only committed data, so
+        the next decision for this charge point, on this connection or a new one after a
+        reconnect, must wait for them. Created on demand, dropped when nobody holds or awaits it."""
+        entry = self._transaction_locks.get(charge_point_id)
+        if entry is None:
+            entry = self._transaction_locks[charge_point_id] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._transaction_locks[charge_point_id]
 
 
 def _now() -> str:
@@ -135,13 +157,14 @@ class ChargePoint(OcppChargePoint):
     # Framing: every frame gets the answer OCPP-J names; nothing a charger sends stops the loop.
 
     async def handle_frame(self, raw: str | bytes) -> None:
+        received = time.perf_counter()
         wait = self._bucket.delay()
         if wait:
             self.ctx.throttled += 1
             await asyncio.sleep(wait)
-        await self.route_message(raw)
+        await self.route_message(raw, received)
 
-    async def route_message(self, raw: str | bytes) -> None:
+    async def route_message(self, raw: str | bytes, received: float | None = None) -> None:
         try:
             frame = parse_frame(raw)
         except CallError as error:
@@ -151,7 +174,10 @@ class ChargePoint(OcppChargePoint):
         if isinstance(frame, Reply):
             self._take_reply(frame)
             return
-        await self._send(await self.answer(frame))
+        answer = await self.answer(frame)
+        await self._send(answer)
+        metrics.record_call(frame.action, answer.startswith("[4"),  # a CALLERROR frame: [4, ...
+                            time.perf_counter() - (received or time.perf_counter()))
 
     async def answer(self, call: Call) -> str:
         """The CALLRESULT or CALLERROR frame for one CALL."""
@@ -163,6 +189,8 @@ class ChargePoint(OcppChargePoint):
             self.ctx.validator.validate(call)
             response = await handler(self, **to_snake(call.payload))
             payload = response_payload(response)
+        except (StorageError, NotDurable) as failure:
+            return self._not_stored(call, failure).frame()
         except CallError as error:
             log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
                         error.code, error.description)
@@ -190,6 +218,59 @@ class ChargePoint(OcppChargePoint):
 
     async def _send(self, message: str) -> None:
         await self._connection.send(message)
+
+    # Storage failures on transaction calls ------------------------------------------------
+
+    async def _store_then_audit(self, transaction_id: int, event, anomalies=(), undo=None) -> None:
+        """Before a StartTransaction/StopTransaction answer: the row is committed (fsynced),
+        then its audit event is on disk. Either failing raises StorageError/NotDurable, which
+        answer() turns into a CALLERROR; never an answer for something not stored.
+
+        anomalies: this call's ocpp.anomaly events. Queued only once the row is committed and
+        just before `event`, they reach disk with it; a call not stored sends none (its writes,
+        an abandoned close included, are dropped with its commit and the resend decides again).
+        undo: when the event surely did not reach disk (the row did), or the database refused
+        the row alone, writes back what the call changed, so the charger's resend is not taken
+        for a repeat; committed before the caller releases its transaction lock. An anomaly
+        queued ahead of the failed event may still have reached disk: the resend's anomaly then
+        repeats it (a new event id)."""
+        try:
+            await self.ctx.store.commit_durable(transaction_id)
+        except StorageError as failure:
+            if failure.refused and undo is not None:  # its other writes (a close) committed without it
+                await self._undo(undo)
+            raise
+        for anomaly in anomalies:
+            self.ctx.sink.emit(anomaly)
+        try:
+            await self.ctx.sink.emit_durable(event)
+        except NotDurable as failure:
+            if undo is not None and not failure.maybe_written:
+                await self._undo(undo)
+            raise
+
+    async def _undo(self, undo) -> None:
+        undo()
+        try:
+            await self.ctx.store.commit_durable()
+        except StorageError:
+            pass  # logged by the store; the undo stays queued and is retried
+
+    def _not_stored(self, call: Call, failure: Exception) -> CallError:
+        """OCPP 1.6 (edition 2) section 3.7, "Transaction-related messages", and 3.7.1, "Error
+        responses to transaction-related messages": when the Central System fails to process a
+        transaction-related message the Charge Point resends it (TransactionMessageAttempts,
+        TransactionMessageRetryInterval); in OCPP-J that failure is a CALLERROR. InternalError:
+        the call was valid, Levity could not store it."""
+        self.ctx.not_stored += 1
+        # The store and the sink each log once per failure episode; per call only debug.
+        log.debug("%s: %s %s not stored (%s): answered InternalError so the charger retries",
+                  self.id, call.action, call.unique_id, failure)
+        self.ctx.sink.emit(self.ctx.events.make(
+            "call_error", self.id, action=call.action[:64], unique_id=call.unique_id, error_code="InternalError",
+            error_description="not stored"))
+        return CallError("InternalError", "Levity could not store this transaction message; send it again",
+                         call.unique_id)
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -239,42 +320,45 @@ class ChargePoint(OcppChargePoint):
         return call_result.Authorize(id_tag_info=IdTagInfo(status=status))
 
     # Transactions: one session, one start and one stop, whatever the charger resends
-    # (levity/transactions.py has the rules; each decision is made and written before any await).
+    # (levity/transactions.py has the rules; each decision is made under the charge point's
+    # transaction lock and committed before it is released: CentralSystemContext.transaction_lock).
 
     @on(Action.start_transaction, skip_schema_validation=True)
     async def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str,
                                    reservation_id: int | None = None, **_: Any):
         store, events = self.ctx.store, self.ctx.events
         status = self.ctx.authorizer.status(id_tag)
-        first = store.identical_start(self.id, connector_id, id_tag, meter_start, timestamp)
-        if first is not None:
-            state = "open" if first.open else "stopped" if first.stopped else "closed as abandoned"
-            self.ctx.sink.emit(events.anomaly(
-                self.id, "repeated_start", first.id,
-                f"identical to the StartTransaction of transaction {first.id} ({state}): answered with its id",
-                first.start_event_id, connector_id=connector_id))
-            log.info("%s: repeated StartTransaction answered with transaction %d", self.id, first.id)
-            return call_result.StartTransaction(transaction_id=first.id, id_tag_info=IdTagInfo(status=status))
-        now = _now()
-        still_open = store.open_on_connector(self.id, connector_id)
-        event_id = new_event_id()
-        transaction_id = store.start_transaction(
-            self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, now, event_id=event_id)
-        new_start = {"id_tag": id_tag, "meter_start": meter_start, "timestamp": timestamp}
-        abandoned = []
-        for old in still_open:
-            closed = store.close_abandoned(old.id, f"superseded by transaction {transaction_id}", now, new_event_id())
-            abandoned.append(abandoned_event(events, closed, abandoned_detail(closed, transaction_id, connector_id,
-                                                                              new_start, events.id_tags),
-                                             superseded_by=transaction_id))
-        # Queued before the start event, the anomalies are on disk with it: none is lost to a crash.
-        for anomaly in abandoned:
-            self.ctx.sink.emit(anomaly)
-        # Billing depends on this event: it is safe before the charger learns its transaction id.
-        await self.ctx.sink.emit_durable(events.make(
-            "transaction_start", self.id, event_id=event_id, connector_id=connector_id, id_tag=id_tag,
-            meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp))
-        self.ctx.store.commit()  # the id goes to the charger: it must survive a crash (no-op if done)
+        async with self.ctx.transaction_lock(self.id):
+            first = store.identical_start(self.id, connector_id, id_tag, meter_start, timestamp)
+            if first is not None:
+                state = "open" if first.open else "stopped" if first.stopped else "closed as abandoned"
+                self.ctx.sink.emit(events.anomaly(
+                    self.id, "repeated_start", first.id,
+                    f"identical to the StartTransaction of transaction {first.id} ({state}): answered with its id",
+                    first.start_event_id, connector_id=connector_id))
+                log.info("%s: repeated StartTransaction answered with transaction %d", self.id, first.id)
+                return call_result.StartTransaction(transaction_id=first.id, id_tag_info=IdTagInfo(status=status))
+            now = _now()
+            still_open = store.open_on_connector(self.id, connector_id)
+            event_id = new_event_id()
+            transaction_id = store.start_transaction(
+                self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, now, event_id=event_id)
+            new_start = {"id_tag": id_tag, "meter_start": meter_start, "timestamp": timestamp}
+            closed = [store.close_abandoned(old.id, f"superseded by transaction {transaction_id}", now,
+                                            new_event_id(), key=transaction_id) for old in still_open]
+            abandoned = [abandoned_event(events, old, abandoned_detail(old, transaction_id, connector_id, new_start,
+                                                                       events.id_tags), superseded_by=transaction_id)
+                         for old in closed]
+
+            def undo() -> None:  # the start is never answered: no one learns its id, nothing closed for it
+                store.forget_transaction(transaction_id)
+                for old in closed:
+                    store.reopen_abandoned(old.id, old.abandon_event_id)
+
+            await self._store_then_audit(transaction_id, events.make(
+                "transaction_start", self.id, event_id=event_id, connector_id=connector_id, id_tag=id_tag,
+                meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp),
+                abandoned, undo)
         log.debug("%s: transaction %d started on connector %d (%s)", self.id, transaction_id, connector_id, status)
         return call_result.StartTransaction(transaction_id=transaction_id, id_tag_info=IdTagInfo(status=status))
 
@@ -286,45 +370,49 @@ class ChargePoint(OcppChargePoint):
         sent = stop_request(meter_stop, timestamp, reason, id_tag, transaction_data)
         reason = reason or "Local"  # OCPP 1.6: an absent reason means Local
         id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
-        known = store.transaction(transaction_id)
-        if known is not None and known.charge_point_id != self.id:
-            known = None
-        if known is not None and known.stopped:
-            # A resend (offline queue, reconnect, or two stops within a millisecond): billed once.
-            self.ctx.sink.emit(events.anomaly(
-                self.id, "repeated_stop", transaction_id, repeated_stop_detail(known, sent, events.id_tags),
-                known.stop_event_id,
-                connector_id=known.connector_id))
-            log.info("%s: repeated StopTransaction for transaction %d answered", self.id, transaction_id)
-            return call_result.StopTransaction(id_tag_info=id_tag_info)
-        extra: dict[str, Any] = {}
-        anomalies = []
-        event_id = new_event_id()
-        if known is None:
-            # Offline starts (-1) and ids we never issued: answer normally, or the charger
-            # retries forever; the event says so instead.
-            energy = 0
-            extra["unknown_transaction"] = True
-            log.warning("%s: StopTransaction for unknown transaction %d accepted", self.id, transaction_id)
-        else:
-            energy = meter_stop - known.meter_start  # kept as sent, even when negative (flagged below)
-            store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now(),
-                                   event_id=event_id, request=sent)
-            if transaction_data:
-                store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
-            if known.abandoned_at is not None:
-                anomalies.append(events.anomaly(
-                    self.id, "stop_after_abandoned", transaction_id,
-                    f"stopped after it was closed as abandoned ({known.abandon_reason}): its transaction_stop "
-                    f"carries the charger's figures", known.abandon_event_id, connector_id=known.connector_id))
-            highest = highest_register(store.energy_registers(self.id, transaction_id))
-            anomalies += meter_anomalies(events, self.id, known, meter_stop, highest, event_id)
-        for anomaly in anomalies:  # durable with the stop (see the start)
-            self.ctx.sink.emit(anomaly)
-        await self.ctx.sink.emit_durable(events.make(
-            "transaction_stop", self.id, event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
-            energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra))
-        store.commit()
+        async with self.ctx.transaction_lock(self.id):
+            known = store.transaction(transaction_id)
+            if known is not None and known.charge_point_id != self.id:
+                known = None
+            if known is not None and known.stopped:
+                # A resend (offline queue, reconnect, or two stops within a millisecond): billed once.
+                self.ctx.sink.emit(events.anomaly(
+                    self.id, "repeated_stop", transaction_id, repeated_stop_detail(known, sent, events.id_tags),
+                    known.stop_event_id, connector_id=known.connector_id))
+                log.info("%s: repeated StopTransaction for transaction %d answered", self.id, transaction_id)
+                return call_result.StopTransaction(id_tag_info=id_tag_info)
+            extra: dict[str, Any] = {}
+            anomalies = []
+            undo = None
+            event_id = new_event_id()
+            if known is None:
+                # Offline starts (-1) and ids we never issued: answer normally, or the charger
+                # retries forever; the event says so instead.
+                energy = 0
+                extra["unknown_transaction"] = True
+                log.warning("%s: StopTransaction for unknown transaction %d accepted", self.id, transaction_id)
+            else:
+                energy = meter_stop - known.meter_start  # kept as sent, even when negative (flagged below)
+                store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now(),
+                                       event_id=event_id, request=sent)
+                if transaction_data:
+                    store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
+                if known.abandoned_at is not None:
+                    anomalies.append(events.anomaly(
+                        self.id, "stop_after_abandoned", transaction_id,
+                        f"stopped after it was closed as abandoned ({known.abandon_reason}): its transaction_stop "
+                        f"carries the charger's figures", known.abandon_event_id, connector_id=known.connector_id))
+                highest = highest_register(store.energy_registers(self.id, transaction_id))
+                anomalies += meter_anomalies(events, self.id, known, meter_stop, highest, event_id)
+
+                def undo() -> None:  # its transaction_stop is not on disk: the resend is the first stop
+                    store.forget_stop(transaction_id, event_id)
+
+            await self._store_then_audit(transaction_id, events.make(
+                "transaction_stop", self.id, event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
+                energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra), anomalies, undo)
+            if known is not None:
+                metrics.record_energy(energy)  # once stored: a stop answered with a CALLERROR comes again
         log.debug("%s: transaction %d stopped (%s), %d Wh", self.id, transaction_id, reason, energy)
         return call_result.StopTransaction(id_tag_info=id_tag_info)
 
@@ -337,18 +425,22 @@ class ChargePoint(OcppChargePoint):
             "meter_values", self.id, connector_id=connector_id, transaction_id=transaction_id,
             samples_count=samples_count, measurands=measurands))
         if transaction_id is not None and DEFAULT_MEASURAND in measurands:
-            self._check_late_register(transaction_id, meter_value)
+            await self._check_late_register(transaction_id, meter_value)
         return call_result.MeterValues()
 
-    def _check_late_register(self, transaction_id: int, meter_value: list) -> None:
+    async def _check_late_register(self, transaction_id: int, meter_value: list) -> None:
         """Meter values that arrive after their transaction's stop (an offline queue) and read
-        more than its meterStop: kept, and flagged."""
+        more than its meterStop: kept, and flagged. Under the transaction lock: a stop being
+        committed now is either seen here or sees these values (Store.energy_registers)."""
         highest = highest_register(registers_in(meter_value))
-        meter_stop = self.ctx.store.meter_stop(self.id, transaction_id) if highest is not None else None
-        if meter_stop is not None and highest > meter_stop:
-            known = self.ctx.store.transaction(transaction_id)
-            self.ctx.sink.emit(register_above_stop(self.ctx.events, self.id, known, meter_stop, highest,
-                                                   known.stop_event_id))
+        if highest is None:
+            return
+        async with self.ctx.transaction_lock(self.id):
+            meter_stop = self.ctx.store.meter_stop(self.id, transaction_id)
+            if meter_stop is not None and highest > meter_stop:
+                known = self.ctx.store.transaction(transaction_id)
+                self.ctx.sink.emit(register_above_stop(self.ctx.events, self.id, known, meter_stop, highest,
+                                                       known.stop_event_id))
 
     @on(Action.data_transfer, skip_schema_validation=True)
     async def on_data_transfer(self, vendor_id: str, message_id: str | None = None, data: str | None = None,

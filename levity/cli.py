@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _charge_points(args: argparse.Namespace) -> int:
     from levity.audit.events import iso_utc
     from levity.database import command_line_settings, open_store
+    from levity.store import StorageError
     from levity.workers import check_layout, shard_database, worker_index
     import time
 
@@ -47,6 +48,12 @@ def _charge_points(args: argparse.Namespace) -> int:
         elif args.action == "unregister":
             for charge_point_id in args.ids:
                 store_of(charge_point_id).unregister([charge_point_id])
+        try:
+            for store in stores:
+                store.commit()  # now: the write lock is held only for this commit, never while listing
+        except StorageError as exc:
+            print(f"levity: {exc}", file=sys.stderr)
+            return 1
         listed = args.ids or sorted(cp for store in stores for cp in store.registered_ids())
         for charge_point_id in listed:
             row = store_of(charge_point_id).charge_point(charge_point_id) or {}

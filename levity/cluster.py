@@ -20,7 +20,8 @@ from typing import Callable
 
 import psycopg
 
-from levity.database import DatabaseStartupError, StorageError, redact
+from levity.database import DatabaseStartupError, redact
+from levity.store import StorageError
 from levity.store_pg import describe
 
 log = logging.getLogger("levity.cluster")

@@ -13,11 +13,6 @@ from urllib.parse import urlsplit, urlunsplit
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-class StorageError(Exception):
-    """The state store cannot take a write now (database unreachable, disk full): the caller
-    tells the charger it cannot answer yet instead of losing the write."""
-
-
 class DatabaseStartupError(Exception):
     """The database cannot be used at start: one line naming it (without its password)."""
 

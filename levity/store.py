@@ -1,28 +1,48 @@
 """Levity's state in an embedded SQLite database: charge points, connectors, transactions,
 meter values.
 
-Writes made while the event loop handles one batch of ready connections share one commit,
-scheduled to run right after them (group commit: under load one commit serves hundreds of
-calls). Transaction starts and stops commit before the charger gets its answer. WAL with
-synchronous=NORMAL: a crash of Levity loses nothing committed; only a power loss can lose
-the last commits. A transaction start or stop is committed before the charger gets its answer:
-the handler calls commit() after its (awaited) audit event, by when the group commit has
-usually already run. A transaction id is the row id of an AUTOINCREMENT table, so ids are
-unique and never reused, across restarts too. With several workers (levity/workers.py) each
-has its own database, and worker k of N issues only ids congruent to k+1 modulo N, so ids stay
-unique across all of them.
+Writes never run on the event loop. A handler's write is queued in memory; everything queued
+while the loop handles one batch of ready connections is written by one commit (group
+commit: under load one commit serves hundreds of calls) on the store's own writer thread, with
+its own connection. So a slow disk, an fsync or another process holding the database's write
+lock (a `levity charge-points` command) delays commits, never the chargers' answers.
+
+Durability. Commits run with synchronous=NORMAL (WAL: a crash of Levity loses nothing
+committed, a power loss can lose the last commits), except a commit that carries a
+transaction start or stop: it runs with synchronous=FULL (the WAL is fsynced before it
+returns), because its transaction id goes to the charger and into billing and must never be
+issued twice, not even after a power loss. A handler that answers with such an id awaits
+commit_durable() first; when the commit fails it gets StorageError and the charger is told to
+retry (see chargepoint.py).
+
+Failures. A statement the database refuses (a constraint, a trigger) is dropped alone: it is
+counted and logged, its durable caller gets StorageError, the rest of the group commits. A
+failure of the database itself (disk full, I/O error, locked for too long) rolls the whole
+group back: durable callers get StorageError, the other writes are kept in order and tried
+again with the next commit (bounded by MAX_PENDING_WRITES; beyond it the oldest are dropped
+and counted). One log line when writes start failing and one when they work again.
+
+A transaction id is chosen by the store (the last one + 1, or with several workers the next
+one of this worker's residue: worker k of N issues only ids congruent to k+1 modulo N) and
+never reused: the table is AUTOINCREMENT and the store is the only writer of its ids. Without
+a running event loop (the command line tools) writes run on the caller's thread and commit()
+commits them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS charge_points (
@@ -71,6 +91,7 @@ CREATE TABLE IF NOT EXISTS api_tokens (
 """
 
 
+ENERGY_REGISTER = "Energy.Active.Import.Register"  # the OCPP 1.6 default measurand
 INSERT_METER_VALUE = (
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
     "phase, context, location, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -136,34 +157,142 @@ class Transaction:
         return None if self.meter_stop is None else self.meter_stop - self.meter_start
 
 
+class StorageError(Exception):
+    """A write could not be committed: the caller must not report it as stored. `refused`: the
+    database refused the caller's write alone; the rest of its commit was committed."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
+
+
+# SQLite primary result codes that are the database's trouble, not the statement's: the
+# group is rolled back and tried again (https://www.sqlite.org/rescode.html).
+ENVIRONMENT_ERRORS = {5: "BUSY", 6: "LOCKED", 7: "NOMEM", 8: "READONLY", 10: "IOERR", 11: "CORRUPT",
+                      13: "FULL", 14: "CANTOPEN", 15: "PROTOCOL", 26: "NOTADB"}
+MAX_PENDING_WRITES = 100_000  # statements kept for the next attempt while the database fails
+RETRY_SECONDS = 1.0  # next attempt after a failed commit when nothing new is written
+WRITER_BUSY_TIMEOUT_MS = 5000  # the writer thread may wait for another process's write lock
+REFUSED_LOG_SECONDS = 60.0
+READER_BUSY_TIMEOUT_MS = 50  # reads on the event loop (WAL readers are not blocked by writers)
+
+
+class _Write:
+    """One queued statement: `many` runs it with executemany; `key` is the transaction id a
+    durable caller waits for (its failure fails that caller)."""
+
+    __slots__ = ("sql", "params", "many", "key")
+
+    def __init__(self, sql: str, params, many: bool = False, key: int | None = None):
+        self.sql, self.params, self.many, self.key = sql, params, many, key
+
+
+class _Group:
+    """What one commit writes, and who waits for it."""
+
+    __slots__ = ("writes", "meter_rows", "heartbeats", "waiters", "durable")
+
+    def __init__(self):
+        self.writes: list[_Write] = []
+        self.meter_rows: list[tuple] = []
+        self.heartbeats: dict[str, str] = {}
+        self.waiters: list[tuple[asyncio.Future, int | None]] = []
+        self.durable = False
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.meter_rows or self.heartbeats or self.waiters)
+
+
+class _Outcome(NamedTuple):
+    error: BaseException | None  # the whole group failed (rolled back)
+    refused: list[tuple[_Write, BaseException]]  # statements dropped alone
+
+
+def _environment_error(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in ENVIRONMENT_ERRORS
+
+
+def _execute(db: sqlite3.Connection, write: _Write, refused: list) -> None:
+    """Run one statement; one the database refuses is noted in `refused` (SQLite undid it alone)."""
+    try:
+        db.execute(write.sql, write.params)
+    except sqlite3.Error as exc:
+        if _environment_error(exc) or not db.in_transaction:
+            raise
+        refused.append((write, exc))
+
+
+def _execute_many(db: sqlite3.Connection, write: _Write, refused: list) -> None:
+    """executemany; if the database refuses a row, undo the rows done and go row by row, so
+    only the refused rows are dropped."""
+    db.execute("SAVEPOINT many")
+    try:
+        db.executemany(write.sql, write.params)
+    except sqlite3.Error as exc:
+        if _environment_error(exc) or not db.in_transaction:
+            raise
+        db.execute("ROLLBACK TO many")
+        for row in write.params:
+            _execute(db, _Write(write.sql, row, key=write.key), refused)
+    db.execute("RELEASE many")
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    db.execute("PRAGMA synchronous=NORMAL")  # SQLite's default is FULL; _apply() raises it per commit
+    return db
+
+
 class Store:
     def __init__(self, path: str = "levity.db", transaction_ids: tuple[int, int] = (1, 1)):
         # (residue, modulus): the transaction ids this store may issue (see the module doc).
         self._id_residue, self._id_modulus = transaction_ids
+        self._path = path
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # The event loop thread is the only user; transactions are explicit (_begin/commit).
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._in_transaction = False
-        # The hottest writes (meter values, heartbeats) nobody reads back at once: kept here
-        # and written with one executemany each at the group commit.
-        self._meter_rows: list[tuple] = []
-        self._heartbeats: dict[str, str] = {}
+        # Reads (on the event loop, or the command line's thread); without a writer thread
+        # also the writes.
+        self._db = _connect(path, WRITER_BUSY_TIMEOUT_MS)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(SCHEMA)
         self._migrate()
         self._migrate_transactions()
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
         self._last_transaction_id = row[0] if row else 0  # this store is the only writer of its ids
+        self._group = _Group()
+        # The writer thread and its connection, from the first write made under a running loop
+        # (an in-memory database has one connection: it commits on the loop).
+        self._writer: sqlite3.Connection | None = None
+        self._io: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False  # a commit is scheduled or running
+        self._running = False
+        self._inflight: _Group | None = None  # the group the writer thread commits now
+        self._retry: asyncio.TimerHandle | None = None
+        self._failing_since: float | None = None
+        self._synchronous_full = False
+        self._refused_logged_at = -REFUSED_LOG_SECONDS
+        # counters (levity_store_<name> on /metrics)
+        self.commits = 0
+        self.commit_failures = 0
+        self.writes_refused = 0  # statements the database refused (dropped alone)
+        self.writes_dropped = 0  # statements dropped because too many waited while commits failed
+        self.last_error: str | None = None
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(charge_points)")}
         if "password_hash" not in columns:  # added with security profiles
             self._db.execute("ALTER TABLE charge_points ADD COLUMN password_hash TEXT")
-
-        self._in_transaction = False
 
     def _migrate_transactions(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(transactions)")}
@@ -173,41 +302,208 @@ class Store:
         self._db.executescript(TRANSACTION_INDEXES)
 
     def close(self) -> None:
-        self.commit()
+        """Commit what is queued (on the calling thread) and close. Called once the loop's work is done."""
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._io is not None:
+            self._io.shutdown(wait=True)  # a commit still running finishes first
+        group, self._group = self._group, _Group()
+        if group:
+            outcome = self._apply(self._writer or self._db, group)
+            if outcome.error is not None:
+                log.error("database: %d queued write(s) could not be committed at shutdown: %s",
+                          len(group.writes) + len(group.meter_rows) + len(group.heartbeats), outcome.error)
+        if self._writer is not None:
+            self._writer.close()
         self._db.close()
 
-    def _write(self, sql: str, params=()) -> sqlite3.Cursor:
-        self._begin()
-        return self._db.execute(sql, params)
+    def stats(self) -> dict[str, int]:
+        group = self._group
+        return {"commits": self.commits, "commit_failures": self.commit_failures,
+                "writes_refused": self.writes_refused, "writes_dropped": self.writes_dropped,
+                "pending_writes": len(group.writes) + len(group.meter_rows) + len(group.heartbeats)}
+
+    # Queueing ------------------------------------------------------------------------------
+
+    def _write(self, sql: str, params=(), key: int | None = None) -> None:
+        self._group.writes.append(_Write(sql, params, key=key))
+        self._schedule()
 
     def _write_many(self, sql: str, rows) -> None:
-        self._begin()
-        self._db.executemany(sql, rows)
+        self._group.writes.append(_Write(sql, list(rows), many=True))
+        self._schedule()
 
-    def _begin(self) -> None:
-        if self._in_transaction:
+    def _schedule(self, urgent: bool = False) -> None:
+        if self._scheduled and not (urgent and self._retry is not None):
             return
-        self._db.execute("BEGIN")
-        self._in_transaction = True
         try:
-            asyncio.get_running_loop().call_soon(self.commit)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (command line tools): the caller commits
-            pass
+            return
+        self._scheduled = True
+        self._loop = loop
+        loop.call_soon(self._commit_group)
 
     def commit(self) -> None:
-        if self._in_transaction:
-            self._write_deferred()
-            self._in_transaction = False
-            self._db.execute("COMMIT")
+        """Without an event loop: commit what is queued now (raises StorageError if it fails)."""
+        if self._loop is not None:
+            self._schedule()
+            return
+        group, self._group = self._group, _Group()
+        outcome = self._apply(self._db, group)
+        for write, exc in outcome.refused:
+            raise StorageError(f"the database refused a write: {exc}") from exc
+        if outcome.error is not None:
+            raise StorageError(f"database commit failed: {outcome.error}") from outcome.error
 
-    def _write_deferred(self) -> None:
-        if self._meter_rows:
-            self._db.executemany(INSERT_METER_VALUE, self._meter_rows)
-            self._meter_rows = []
-        if self._heartbeats:
-            self._db.executemany("UPDATE charge_points SET last_heartbeat = ? WHERE id = ?",
-                                 [(now, cp) for cp, now in self._heartbeats.items()])
-            self._heartbeats = {}
+    def _write_now(self, sql: str, params=()) -> int:
+        """Command line only: commit what is queued, then this statement in its own transaction;
+        its rowcount. The database's errors are raised as they are (sqlite3.IntegrityError...)."""
+        assert self._loop is None, "the event loop's writes go through the writer thread"
+        self.commit()
+        with self._db:  # BEGIN ... COMMIT, or ROLLBACK on an error
+            self._db.execute("BEGIN IMMEDIATE")
+            return self._db.execute(sql, params).rowcount
+
+    async def commit_durable(self, key: int | None = None) -> None:
+        """Return once everything written so far is committed with synchronous=FULL.
+        StorageError if that commit failed, or if the write for transaction `key` was refused."""
+        future = asyncio.get_running_loop().create_future()
+        self._group.waiters.append((future, key))
+        self._group.durable = True
+        self._schedule(urgent=True)
+        await future
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Wait (at most `timeout`) until what is queued is committed or has failed: before close()."""
+        if self._loop is None or not (self._group or self._running):
+            return
+        try:
+            await asyncio.wait_for(self.commit_durable(), timeout)
+        except (StorageError, asyncio.TimeoutError):
+            pass  # logged by the commit; close() tries once more
+
+    # Committing (the group on the writer thread) ------------------------------------------
+
+    def _commit_group(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._running:
+            return  # _committed() starts the next one
+        group, self._group = self._group, _Group()
+        if not group:
+            self._scheduled = False
+            return
+        self._running = True
+        self._inflight = group
+        if self._path == ":memory:":  # one connection: commit here
+            self._committed(group, self._apply(self._db, group))
+            return
+        if self._io is None:
+            self._writer = _connect(self._path, WRITER_BUSY_TIMEOUT_MS)
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-db")
+            self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")  # the loop's reads never wait long
+        future = self._loop.run_in_executor(self._io, self._apply, self._writer, group)
+        future.add_done_callback(lambda f: f.cancelled() or self._committed(group, f.result()))
+
+    def _committed(self, group: _Group, outcome: _Outcome) -> None:
+        self._running = False
+        self._inflight = None
+        self._scheduled = False
+        refused_keys = {w.key for w, _ in outcome.refused if w.key is not None}
+        for write, exc in outcome.refused:
+            self.writes_refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged_at >= REFUSED_LOG_SECONDS:  # not one line per event
+                self._refused_logged_at = now
+                log.error("database refused a write, dropped (%d so far, counted as levity_store_writes_refused; "
+                          "logged at most once a minute): %s: %s", self.writes_refused, exc,
+                          write.sql.split("(")[0].strip()[:80])
+        if outcome.error is None:
+            self.commits += 1
+            if self._failing_since is not None:
+                log.info("database: commits work again (after %.1fs)", time.monotonic() - self._failing_since)
+                self._failing_since = None
+                self.last_error = None
+            for future, key in group.waiters:
+                if future.done():
+                    continue
+                if key is not None and key in refused_keys:
+                    future.set_exception(StorageError(f"the database refused the write for transaction {key}",
+                                                      refused=True))
+                else:
+                    future.set_result(None)
+        else:
+            self.commit_failures += 1
+            self.last_error = str(outcome.error)
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.error("database: commit failed: %s. Transaction starts and stops are answered with a "
+                          "CALLERROR (the charger retries); other writes are kept and retried (logged again "
+                          "when commits work)", outcome.error)
+            for future, _ in group.waiters:
+                if not future.done():
+                    future.set_exception(StorageError(f"database commit failed: {outcome.error}"))
+            self._requeue(group)
+            if not self._group.waiters:
+                # Nobody waits for an answer: try again in a while, not on every new write.
+                self._scheduled = True
+                self._retry = self._loop.call_later(RETRY_SECONDS, self._commit_group)
+                return
+        if self._group:
+            self._schedule()
+
+    def _requeue(self, failed: _Group) -> None:
+        """Put a rolled-back group's writes back in front of what was queued since (order kept).
+        Durable callers were failed, so their own writes go (their chargers send them again)."""
+        newer = self._group
+        failed_keys = {key for _, key in failed.waiters if key is not None}
+        group = _Group()
+        group.writes = [w for w in failed.writes if w.key is None or w.key not in failed_keys] + newer.writes
+        group.meter_rows = failed.meter_rows + newer.meter_rows
+        group.heartbeats = {**failed.heartbeats, **newer.heartbeats}
+        group.waiters, group.durable = newer.waiters, newer.durable
+        excess = len(group.writes) + len(group.meter_rows) - MAX_PENDING_WRITES
+        if excess > 0:
+            from_writes = min(excess, len(group.writes))
+            del group.writes[:from_writes]
+            del group.meter_rows[:excess - from_writes]
+            if not self.writes_dropped:
+                log.error("database: more than %d writes wait for a commit; dropping the oldest (counted as "
+                          "levity_store_writes_dropped)", MAX_PENDING_WRITES)
+            self.writes_dropped += excess
+        self._group = group
+
+    def _apply(self, db: sqlite3.Connection, group: _Group) -> _Outcome:
+        """One transaction for the group (on the writer thread). Never raises."""
+        refused: list[tuple[_Write, BaseException]] = []
+        try:
+            full = group.durable
+            if full != self._synchronous_full:  # only outside a transaction
+                db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+                self._synchronous_full = full
+            db.execute("BEGIN IMMEDIATE")
+            writes = list(group.writes)
+            if group.meter_rows:
+                writes.append(_Write(INSERT_METER_VALUE, group.meter_rows, many=True))
+            if group.heartbeats:
+                writes.append(_Write("UPDATE charge_points SET last_heartbeat = ? WHERE id = ?",
+                                     [(now, cp) for cp, now in group.heartbeats.items()], many=True))
+            for write in writes:
+                if write.many:
+                    _execute_many(db, write, refused)
+                else:
+                    _execute(db, write, refused)
+            db.execute("COMMIT")
+            return _Outcome(None, refused)
+        except Exception as exc:  # noqa: BLE001 - reported to the waiters and the log
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            return _Outcome(exc, [])
 
     # Charge points -------------------------------------------------------------------------
 
@@ -252,15 +548,16 @@ class Store:
         )
 
     def record_heartbeat(self, charge_point_id: str, now: str) -> None:
-        self._begin()
-        self._heartbeats[charge_point_id] = now
+        # The hottest write: nobody reads it back at once; one executemany per commit.
+        self._group.heartbeats[charge_point_id] = now
+        self._schedule()
 
     def record_cp_status(self, charge_point_id: str, column: str, status: str) -> None:
         assert column in ("firmware_status", "diagnostics_status")
         self._write(f"UPDATE charge_points SET {column} = ? WHERE id = ?", (status, charge_point_id))
 
     def charge_point(self, charge_point_id: str) -> dict[str, Any] | None:
-        self._write_deferred()
+        """Committed state (the command line commits before it reads)."""
         cursor = self._db.execute("SELECT * FROM charge_points WHERE id = ?", (charge_point_id,))
         row = cursor.fetchone()
         return dict(zip([c[0] for c in cursor.description], row)) if row else None
@@ -285,28 +582,48 @@ class Store:
         ).fetchone()
 
     # Transactions --------------------------------------------------------------------------
-    # Every decision about repeats reads and writes here without an await in between, so two
-    # calls of one charger (one connection, or the old and the new one across a reconnect)
-    # cannot both be "the first".
+    # The decisions about repeats (levity/transactions.py) read the committed state: the
+    # handlers make them holding their charge point's transaction lock (chargepoint.py) and
+    # release it only once what they wrote is committed, so the next decision for that charge
+    # point (same connection or a new one after a reconnect) sees it.
 
     def start_transaction(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                           start_timestamp: str, reservation_id: int | None, now: str,
                           event_id: str | None = None) -> int:
-        cursor = self._write(
+        """Queue the start and return its id; the caller awaits commit_durable(id) before answering."""
+        transaction_id = self._next_transaction_id()
+        self._last_transaction_id = transaction_id  # never handed out again, even if this write fails
+        self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
             "reservation_id, created_at, start_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self._next_transaction_id(), charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
-             reservation_id, now, event_id),
+            (transaction_id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
+             reservation_id, now, event_id), key=transaction_id,
         )
-        # Committed with the group; the caller commits before it answers (module doc).
-        self._last_transaction_id = cursor.lastrowid
-        return cursor.lastrowid
+        return transaction_id
 
-    def _next_transaction_id(self) -> int | None:
-        """None lets AUTOINCREMENT choose; with several workers, the next id of this one's residue."""
-        if self._id_modulus == 1:
-            return None
+    def forget_transaction(self, transaction_id: int) -> None:
+        """A committed start whose answer could not be given (its audit event failed): the
+        charger sends it again and gets another id; this one is never issued."""
+        self._write("DELETE FROM transactions WHERE id = ? AND stopped_at IS NULL", (transaction_id,))
+
+    def forget_stop(self, transaction_id: int, event_id: str) -> None:
+        """A committed stop whose answer could not be given (its audit event failed): open again,
+        so the charger's resend is its first stop (with its transaction_stop), not a repeat."""
+        self._write("UPDATE transactions SET meter_stop = NULL, stop_timestamp = NULL, stop_reason = NULL, "
+                    "stop_id_tag = NULL, stopped_at = NULL, stop_event_id = NULL, stop_request = NULL "
+                    "WHERE id = ? AND stop_event_id = ?", (transaction_id, event_id))
+
+    def reopen_abandoned(self, transaction_id: int, event_id: str) -> None:
+        """Undo close_abandoned() whose anomaly `event_id` could not be sent (the start that
+        superseded it was not answered): the charger's resend decides again."""
+        self._write("UPDATE transactions SET abandoned_at = NULL, abandon_reason = NULL, abandon_event_id = NULL, "
+                    "abandon_event_sent = 1 WHERE id = ? AND abandon_event_id = ?", (transaction_id, event_id))
+
+    def _next_transaction_id(self) -> int:
+        """The last id + 1; with several workers, the next id of this one's residue."""
         last = self._last_transaction_id
+        if self._id_modulus == 1:
+            return last + 1
         return last + 1 + (self._id_residue - last - 1) % self._id_modulus
 
     def transaction(self, transaction_id: int) -> Transaction | None:
@@ -336,29 +653,44 @@ class Store:
             "stopped_at = ?, stop_event_id = ?, stop_request = ? WHERE id = ?",
             (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
              json.dumps(request, sort_keys=True) if request is not None else None, transaction_id),
+            key=transaction_id,
         )
 
     def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,
-                        event_sent: bool = True) -> Transaction:
+                        event_sent: bool = True, key: int | None = None) -> Transaction:
         """Close an open transaction without a stop (no meter_stop, no stop event).
 
         event_id: the id of the `abandoned_transaction` anomaly that reports it. event_sent=False
         when the caller cannot send it (the command line): the server sends it (pending_closes()).
         Raises LookupError for an unknown transaction, ValueError for one already closed.
+
+        Under the event loop the close is queued and decided from the committed state: the
+        caller holds the charge point's transaction lock and awaits commit_durable(key) (key:
+        the transaction id whose commit carries it; a failed commit drops the close with it).
+        On the command line it commits at once, and its rowcount decides: a stop the server
+        committed first wins.
         """
         if not reason or not reason.strip():
             raise ValueError("a reason is required to close a transaction")
-        self._write(
-            "UPDATE transactions SET abandoned_at = ?, abandon_reason = ?, abandon_event_id = ?, "
-            "abandon_event_sent = ? WHERE id = ? AND stopped_at IS NULL AND abandoned_at IS NULL",
-            (now, reason.strip(), event_id, int(event_sent), transaction_id))
-        closed = self.transaction(transaction_id)
-        if closed is None:
+        sql = ("UPDATE transactions SET abandoned_at = ?, abandon_reason = ?, abandon_event_id = ?, "
+               "abandon_event_sent = ? WHERE id = ? AND stopped_at IS NULL AND abandoned_at IS NULL")
+        params = (now, reason.strip(), event_id, int(event_sent), transaction_id)
+        if not _loop_running():
+            closed = self._write_now(sql, params) > 0
+            current = self.transaction(transaction_id)
+        else:
+            current = self.transaction(transaction_id)
+            closed = current is not None and current.open
+            if closed:
+                self._write(sql, params, key=transaction_id if key is None else key)
+                current = replace(current, abandoned_at=now, abandon_reason=reason.strip(),
+                                  abandon_event_id=event_id)
+        if current is None:
             raise LookupError(f"no transaction {transaction_id}")
-        if closed.abandon_event_id != event_id:
-            state = "stopped" if closed.stopped else "closed as abandoned"
+        if not closed:
+            state = "stopped" if current.stopped else "closed as abandoned"
             raise ValueError(f"transaction {transaction_id} is already {state}")
-        return closed
+        return current
 
     def pending_closes(self) -> list[Transaction]:
         """Transactions closed as abandoned whose anomaly event is still to be sent."""
@@ -380,8 +712,8 @@ class Store:
         meter_start, meter_stop, energy_delivered (null until stopped), started_at and stopped_at
         (the charger's timestamps), stop_reason, state (open / stopped / abandoned), closed_reason,
         age_seconds (since Levity saw the start), recorded_at and stop_recorded_at (Levity's clock).
-        open_only: True keeps the open ones, False the stopped or abandoned ones, None all."""
-        self._write_deferred()
+        open_only: True keeps the open ones, False the stopped or abandoned ones, None all.
+        The committed state (writes commit within a turn of the event loop)."""
         where, params = [], []
         if charge_point_id is not None:
             where.append("charge_point_id = ?")
@@ -408,11 +740,20 @@ class Store:
         return row[0] if row else None
 
     def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
-        """(value, unit) of every Energy.Active.Import.Register sampled for the transaction."""
-        self._write_deferred()
-        return self._db.execute(
+        """(value, unit) of every Energy.Active.Import.Register sampled for the transaction,
+        including the rows not yet committed (queued, or in the commit running now): a stop's
+        checks must see the meter values received before it. A row whose commit completes
+        during this call may be listed twice; callers look at the highest value only."""
+        committed = self._db.execute(
             "SELECT value, unit FROM meter_values WHERE transaction_id = ? AND charge_point_id = ? "
-            "AND measurand = 'Energy.Active.Import.Register'", (transaction_id, charge_point_id)).fetchall()
+            "AND measurand = ?", (transaction_id, charge_point_id, ENERGY_REGISTER)).fetchall()
+        pending = [(row[5], row[6]) for group in (self._inflight, self._group) if group is not None
+                   for row in group.meter_rows
+                   if row[2] == transaction_id and row[0] == charge_point_id and row[4] == ENERGY_REGISTER]
+        return committed + pending
+
+    def open_transaction_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM transactions WHERE stopped_at IS NULL").fetchone()[0]
 
     # Meter values --------------------------------------------------------------------------
 
@@ -420,20 +761,20 @@ class Store:
                          meter_value: list[dict[str, Any]]) -> None:
         rows = [
             (charge_point_id, connector_id, transaction_id, entry.get("timestamp", ""),
-             sample.get("measurand") or "Energy.Active.Import.Register", str(sample.get("value", "")),
+             sample.get("measurand") or ENERGY_REGISTER, str(sample.get("value", "")),
              sample.get("unit"), sample.get("phase"), sample.get("context"), sample.get("location"),
              sample.get("format"))
             for entry in meter_value for sample in entry.get("sampled_value", ())
         ]
         if rows:
-            self._begin()
-            self._meter_rows += rows
+            self._group.meter_rows += rows
+            self._schedule()
 
     # Operator API: read queries --------------------------------------------------------------
 
     def charge_point_rows(self, charge_point_id: str | None = None) -> list[dict[str, Any]]:
-        """Known charge points with when they were last heard of (boot, heartbeat or status)."""
-        self._write_deferred()
+        """Known charge points with when they were last heard of (boot, heartbeat or status):
+        the committed state (writes commit within a turn of the event loop)."""
         where = "WHERE cp.id = ?" if charge_point_id is not None else ""
         cursor = self._db.execute(
             "SELECT cp.id, cp.registered, cp.vendor, cp.model, cp.serial_number, cp.firmware_version, "
@@ -454,14 +795,11 @@ class Store:
 
     def add_api_token(self, name: str, role: str, token_hash: str, now: str) -> None:
         """sqlite3.IntegrityError when the name is taken."""
-        self._write("INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                    (name, role, token_hash, now))
-        self.commit()
+        self._write_now("INSERT INTO api_tokens (name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                        (name, role, token_hash, now))
 
     def revoke_api_token(self, name: str) -> bool:
-        revoked = self._write("DELETE FROM api_tokens WHERE name = ?", (name,)).rowcount > 0
-        self.commit()
-        return revoked
+        return self._write_now("DELETE FROM api_tokens WHERE name = ?", (name,)) > 0
 
     def api_tokens(self) -> list[tuple[str, str, str]]:
         """(name, role, created_at) of every token."""
@@ -473,7 +811,6 @@ class Store:
 
     def count(self, table: str) -> int:
         assert table in ("charge_points", "connectors", "transactions", "meter_values")
-        self._write_deferred()
         return self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 

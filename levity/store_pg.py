@@ -27,9 +27,9 @@ from typing import Any, Iterable
 
 import psycopg
 
-from levity.database import DatabaseStartupError, StorageError, redact
+from levity.database import DatabaseStartupError, redact
 from levity.schema_pg import SchemaError, check
-from levity.store import TRANSACTION_SELECT, Transaction, _operator_view
+from levity.store import TRANSACTION_SELECT, StorageError, Transaction, _operator_view
 
 log = logging.getLogger("levity.store")
 
@@ -47,15 +47,17 @@ class PostgresStore:
         self.name = redact(url)
         self._url = url
         self._password = password.decode() if password else None
-        self._queue: list[tuple[str, Any, bool]] = []  # (sql, params or rows, executemany)
+        self._queue: list[tuple[str, Any, bool, int | None]] = []  # (sql, params or rows, executemany, key)
         self._meter_rows: list[tuple] = []
         self._heartbeats: dict[str, str] = {}
         self._scheduled = False
         self._in_transaction = False  # this turn's writes sent but not yet committed
         self._sent: list[tuple] = []  # those writes, to queue again if the commit fails
         self._down_until = 0.0  # after a failed connect: fail fast instead of blocking the loop again
-        self.write_failures = 0  # commits the database could not take (their writes are retried)
-        self.refused_writes = 0  # writes the database refuses for good (logged, then dropped)
+        self.commits = 0
+        self.commit_failures = 0  # commits the database could not take (their writes are retried)
+        self.writes_refused = 0  # writes the database refuses for good (logged, then dropped)
+        self._refused_keys: set[int] = set()  # transactions whose write was refused, for commit_durable()
         self.reconnects = 0
         try:
             self._db = self._connect()
@@ -94,14 +96,21 @@ class PostgresStore:
 
     # Queued writes ----------------------------------------------------------------------------
 
-    def _write(self, sql: str, params=()) -> None:
-        self._queue.append((sql, params, False))
+    def stats(self) -> dict[str, int]:
+        """As Store.stats(), for /metrics."""
+        return {"commits": self.commits, "commit_failures": self.commit_failures,
+                "writes_refused": self.writes_refused, "writes_dropped": 0,
+                "pending_writes": len(self._queue) + len(self._meter_rows) + len(self._heartbeats),
+                "reconnects": self.reconnects}
+
+    def _write(self, sql: str, params=(), key: int | None = None) -> None:
+        self._queue.append((sql, params, False, key))
         self._schedule()
 
     def _write_many(self, sql: str, rows) -> None:
         rows = list(rows)
         if rows:
-            self._queue.append((sql, rows, True))
+            self._queue.append((sql, rows, True, None))
             self._schedule()
 
     def _schedule(self) -> None:
@@ -136,10 +145,29 @@ class PostgresStore:
             raise self._failed(exc) from exc
         self._in_transaction = False
         self._sent = []
+        self.commits += 1
 
-    async def commit_durable(self, key: Any = None) -> None:
-        """Awaited by the transaction handlers before they answer: the rows are committed."""
-        self.commit()
+    async def commit_durable(self, key: int | None = None) -> None:
+        """Awaited by the transaction handlers before they answer: everything written so far is
+        committed. StorageError when it could not be, or the write for transaction `key` was
+        refused; then that transaction's own writes are dropped (its charger sends them again),
+        as the SQLite store does, and the others stay queued."""
+        try:
+            self.commit()
+        except StorageError:
+            if key is not None:
+                self._queue = [entry for entry in self._queue if entry[3] != key]
+            raise
+        if key is not None and key in self._refused_keys:
+            self._refused_keys.discard(key)
+            raise StorageError(f"the database refused the write for transaction {key}", refused=True)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Before close(): commit what is queued (a failure is logged; close() tries once more)."""
+        try:
+            self.commit()
+        except StorageError as exc:
+            log.error("%s", exc)
 
     def _read(self, sql: str, params=()) -> psycopg.Cursor:
         """A query that sees this instance's writes: the queued ones go first, in the same round
@@ -164,7 +192,7 @@ class PostgresStore:
         if not self._in_transaction:
             db.execute("BEGIN")
             self._in_transaction = True
-        for sql, params, many in self._entries(*batch):
+        for sql, params, many, _ in self._entries(*batch):
             if many:
                 db.cursor().executemany(sql, params)
             else:
@@ -174,14 +202,14 @@ class PostgresStore:
     def _entries(queue, meters, beats):
         yield from queue
         if meters:
-            yield INSERT_METER_VALUE, meters, True
+            yield INSERT_METER_VALUE, meters, True, None
         if beats:
             yield ("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
-                   [(now, cp) for cp, now in beats.items()], True)
+                   [(now, cp) for cp, now in beats.items()], True, None)
 
     def _failed(self, exc: psycopg.Error) -> StorageError:
         """Roll back; every write of the open transaction goes back in front of the queue, in order."""
-        self.write_failures += 1
+        self.commit_failures += 1
         if self._in_transaction and not (self._db.closed or self._db.broken):
             try:
                 self._db.execute("ROLLBACK")
@@ -203,7 +231,7 @@ class PostgresStore:
         forever: each queued write is committed alone, and one refused is logged and counted."""
         entries = list(self._entries(self._queue, self._meter_rows, self._heartbeats))
         self._queue, self._meter_rows, self._heartbeats = [], [], {}
-        for index, (sql, params, many) in enumerate(entries):
+        for index, (sql, params, many, key) in enumerate(entries):
             try:
                 with self._db.transaction():
                     if many:
@@ -214,7 +242,9 @@ class PostgresStore:
                 self._queue = entries[index:] + self._queue  # the database went away: keep the rest
                 return
             except psycopg.Error as exc:
-                self.refused_writes += 1
+                self.writes_refused += 1
+                if key is not None:
+                    self._refused_keys.add(key)
                 log.error("database %s refused a write, which is dropped: %s (%s)", self.name, describe(exc),
                           " ".join(sql.split()[:3]))
 
@@ -300,8 +330,23 @@ class PostgresStore:
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
             "reservation_id, created_at, start_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (transaction_id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
-             reservation_id, now, event_id))
+             reservation_id, now, event_id), key=transaction_id)
         return transaction_id
+
+    def forget_transaction(self, transaction_id: int) -> None:
+        """As Store.forget_transaction: a start whose answer could not be given."""
+        self._write("DELETE FROM transactions WHERE id = %s AND stopped_at IS NULL", (transaction_id,))
+
+    def forget_stop(self, transaction_id: int, event_id: str) -> None:
+        """As Store.forget_stop: a stop whose answer could not be given is open again."""
+        self._write("UPDATE transactions SET meter_stop = NULL, stop_timestamp = NULL, stop_reason = NULL, "
+                    "stop_id_tag = NULL, stopped_at = NULL, stop_event_id = NULL, stop_request = NULL "
+                    "WHERE id = %s AND stop_event_id = %s", (transaction_id, event_id))
+
+    def reopen_abandoned(self, transaction_id: int, event_id: str) -> None:
+        """As Store.reopen_abandoned: undo a close whose anomaly could not be sent."""
+        self._write("UPDATE transactions SET abandoned_at = NULL, abandon_reason = NULL, abandon_event_id = NULL, "
+                    "abandon_event_sent = 1 WHERE id = %s AND abandon_event_id = %s", (transaction_id, event_id))
 
     def transaction(self, transaction_id: int) -> Transaction | None:
         if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
@@ -329,17 +374,20 @@ class PostgresStore:
             "UPDATE transactions SET meter_stop = %s, stop_timestamp = %s, stop_reason = %s, stop_id_tag = %s, "
             "stopped_at = %s, stop_event_id = %s, stop_request = %s WHERE id = %s",
             (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
-             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id))
+             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id),
+            key=transaction_id)
 
     def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,
-                        event_sent: bool = True) -> Transaction:
-        """As Store.close_abandoned: LookupError unknown, ValueError already closed."""
+                        event_sent: bool = True, key: int | None = None) -> Transaction:
+        """As Store.close_abandoned: LookupError unknown, ValueError already closed. key: the
+        transaction whose durable commit carries the close."""
         if not reason or not reason.strip():
             raise ValueError("a reason is required to close a transaction")
         self._write(
             "UPDATE transactions SET abandoned_at = %s, abandon_reason = %s, abandon_event_id = %s, "
             "abandon_event_sent = %s WHERE id = %s AND stopped_at IS NULL AND abandoned_at IS NULL",
-            (now, reason.strip(), event_id, int(event_sent), transaction_id))
+            (now, reason.strip(), event_id, int(event_sent), transaction_id),
+            key=transaction_id if key is None else key)
         closed = self.transaction(transaction_id)
         if closed is None:
             raise LookupError(f"no transaction {transaction_id}")
@@ -445,6 +493,9 @@ class PostgresStore:
     def api_token(self, token_hash: str) -> tuple[str, str] | None:
         row = self._read("SELECT name, role FROM api_tokens WHERE token_hash = %s", (token_hash,)).fetchone()
         return tuple(row) if row else None
+
+    def open_transaction_count(self) -> int:
+        return self._read("SELECT count(*) FROM transactions WHERE stopped_at IS NULL").fetchone()[0]
 
     def count(self, table: str) -> int:
         assert table in ("charge_points", "connectors", "transactions", "meter_values")

@@ -28,7 +28,7 @@ import time
 from typing import Any, Iterable
 
 from levity.audit.events import DEFAULT_MEASURAND, EventFactory, IdTagPolicy, iso_utc, new_event_id
-from levity.audit.sink import AuditSink
+from levity.audit.sink import AuditSink, NotDurable
 from levity.store import Store, Transaction
 
 log = logging.getLogger(__name__)
@@ -143,14 +143,29 @@ def operator_detail(reason: str) -> str:
     return f"closed by an operator: {reason}"
 
 
-def close_abandoned(store: Store, sink: AuditSink, events: EventFactory, transaction_id: int,
-                    reason: str) -> dict[str, Any]:
+async def close_abandoned(context, transaction_id: int, reason: str) -> dict[str, Any]:
     """Close an open transaction as abandoned from inside the server (e.g. the operator API):
-    one `abandoned_transaction` anomaly, no transaction_stop. Returns the transaction as
-    Store.transactions() lists it. LookupError: unknown; ValueError: already closed or no reason."""
-    closed = store.close_abandoned(transaction_id, reason, iso_utc(time.time_ns()), new_event_id())
-    sink.emit(abandoned_event(events, closed, operator_detail(closed.abandon_reason)))
-    store.commit()
+    one `abandoned_transaction` anomaly, no transaction_stop. `context`: the handlers' shared
+    CentralSystemContext. Decided from the committed state under the charge point's transaction
+    lock (the one its StartTransaction/StopTransaction take), committed, then its anomaly made
+    durable, so a charger's stop and this close cannot both win. Returns the transaction as
+    Store.transactions() lists it. LookupError: unknown; ValueError: already closed or no reason;
+    StorageError/NotDurable: not closed (nothing sent, the row is as it was)."""
+    store = context.store
+    known = store.transaction(transaction_id)
+    if known is None:
+        raise LookupError(f"no transaction {transaction_id}")
+    async with context.transaction_lock(known.charge_point_id):
+        closed = store.close_abandoned(transaction_id, reason, iso_utc(time.time_ns()), new_event_id())
+        await store.commit_durable(transaction_id)
+        try:
+            await context.sink.emit_durable(abandoned_event(context.events, closed,
+                                                            operator_detail(closed.abandon_reason)))
+        except NotDurable as failure:
+            if not failure.maybe_written:
+                store.reopen_abandoned(transaction_id, closed.abandon_event_id)
+                await store.commit_durable()
+            raise
     return store.transactions(transaction_id=transaction_id)[0]
 
 
@@ -171,7 +186,8 @@ async def send_pending_closes_forever(store: Store, sink: AuditSink, events: Eve
                                       interval: float = PENDING_CLOSE_INTERVAL) -> None:
     while True:
         try:
-            send_pending_closes(store, sink, events)
+            if send_pending_closes(store, sink, events):
+                await store.commit_durable()  # marked sent before the next round looks again
         except Exception:  # a busy or failing database: try again next round
             log.exception("could not send the anomalies of transactions closed by an operator")
         await asyncio.sleep(interval)

@@ -81,9 +81,9 @@ def _close(store, args: argparse.Namespace) -> int:
     from levity.audit.events import iso_utc, new_event_id
 
     try:
+        # Committed at once (Store._write_now): its row count says whether a stop got there first.
         store.close_abandoned(args.transaction_id, args.reason, iso_utc(time.time_ns()), new_event_id(),
                               event_sent=False)
-        store.commit()
     except (LookupError, ValueError) as exc:
         print(f"levity: {exc.args[0]}", file=sys.stderr)
         return 1

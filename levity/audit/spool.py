@@ -142,6 +142,16 @@ def scan(data: bytes) -> tuple[list[int], int, bool]:
     return starts, pos, False
 
 
+class SpoolWriteError(OSError):
+    """Appending failed. The first `written` frames of the call are in the spool (not
+    necessarily on disk: `synced` is False then), the others are not."""
+
+    def __init__(self, written: int, cause: OSError, synced: bool = False):
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.written = written
+        self.synced = synced
+
+
 class SpoolLocked(RuntimeError):
     """Another process has the spool open."""
 
@@ -200,6 +210,7 @@ class Spool:
         self._total_count = 0  # frames in all segments, acknowledged ones of the head included
         self._tags: dict[bytes, str] = {}
         self._blocking = False
+        self._cursor_failing = False
         self._open = False
         self._lock_fd: int | None = None
         self.recovered_events = 0  # unacknowledged events found when opening
@@ -300,7 +311,8 @@ class Spool:
 
     def append(self, events: Iterable[tuple[str, int, dict]], fsync: bool = False) -> int:
         """Append events in order; fsync if asked. Returns how many were written (the others
-        were refused by the drop_newest policy or by a write error, and are counted as dropped)."""
+        were refused by the drop_newest policy and are counted as dropped); SpoolWriteError
+        when the disk fails."""
         frames: list[bytes] = []
         for tag, time_ns, record in events:
             try:
@@ -310,32 +322,44 @@ class Spool:
         return self.append_frames(frames, fsync)
 
     def append_frames(self, frames: list[bytes], fsync: bool = False) -> int:
-        """append() for events already encoded with encode_frame."""
+        """append() for events already encoded with encode_frame. The frames written are
+        always the first ones (drop_newest refuses from the end)."""
         if not frames:
             if fsync:
-                self.sync()
+                self._sync_or_raise(0)
             return 0
         incoming = sum(len(f) for f in frames)
-        if self._disk_bytes + incoming > self.max_bytes:
-            frames = self._make_room(frames, incoming)
         written = 0
         pending: list[bytes] = []
         pending_bytes = 0
-        for frame in frames:
-            seg = self._segments[self._write_seq]
-            if seg.size + pending_bytes + len(frame) > self.segment_bytes and (seg.size + pending_bytes) > 0:
-                written += self._write(pending)
-                pending, pending_bytes = [], 0
-                self._rotate()
-            pending.append(frame)
-            pending_bytes += len(frame)
-        written += self._write(pending)
+        try:
+            if self._disk_bytes + incoming > self.max_bytes:
+                frames = self._make_room(frames, incoming)
+            for frame in frames:
+                seg = self._segments[self._write_seq]
+                if seg.size + pending_bytes + len(frame) > self.segment_bytes and (seg.size + pending_bytes) > 0:
+                    written += self._write(pending)
+                    pending, pending_bytes = [], 0
+                    self._rotate()
+                pending.append(frame)
+                pending_bytes += len(frame)
+            written += self._write(pending)
+        except OSError as exc:
+            raise SpoolWriteError(written, exc) from exc
+        finally:
+            self._update_blocking()
         if fsync:
-            self.sync()
-        self._update_blocking()
+            self._sync_or_raise(written)
         return written
 
+    def _sync_or_raise(self, written: int) -> None:
+        try:
+            self.sync()
+        except OSError as exc:
+            raise SpoolWriteError(written, exc, synced=False) from exc
+
     def _write(self, frames: list[bytes]) -> int:
+        """Write whole frames or none: on an error the file is cut back and OSError raised."""
         if not frames:
             return 0
         blob = b"".join(frames)
@@ -345,14 +369,13 @@ class Spool:
             while view:
                 done = os.write(self._write_fd, view)
                 view = view[done:]
-        except OSError as exc:
+        except OSError:
             # Never leave half a frame behind: cut the file back to its last whole frame.
             try:
                 os.ftruncate(self._write_fd, seg.size)
             except OSError:
                 pass
-            self.drops.dropped(len(frames), f"cannot write to the spool ({exc.strerror or exc})")
-            return 0
+            raise
         seg.size += len(blob)
         seg.count += len(frames)
         self._disk_bytes += len(blob)
@@ -361,10 +384,11 @@ class Spool:
 
     def _rotate(self) -> None:
         os.fsync(self._write_fd)  # a sealed segment is complete on disk
+        seq = self._write_seq + 1
+        fd = os.open(self._path(seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # first: may fail
         os.close(self._write_fd)
-        self._write_seq += 1
-        self._segments[self._write_seq] = _Segment(0, 0)
-        self._write_fd = os.open(self._path(self._write_seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._write_fd, self._write_seq = fd, seq
+        self._segments[seq] = _Segment(0, 0)
         self._fsync_dir()
 
     def _make_room(self, frames: list[bytes], incoming: int) -> list[bytes]:
@@ -390,7 +414,7 @@ class Spool:
             self._total_count -= seg.count
             nxt = min(self._segments)
             self._cursor = Position(nxt, 0, 0)
-            self._write_cursor()
+            self._persist_cursor()
             self._path(seq).unlink(missing_ok=True)
             self.drops.dropped(lost, f"spool full ({self.max_bytes} bytes), overflow policy drop_oldest "
                                      f"deleted segment {seq}")
@@ -487,7 +511,7 @@ class Spool:
             self._disk_bytes -= gone.size
             self._total_count -= gone.count
         if deleted or time.monotonic() - self._persisted_at >= self.cursor_interval:
-            self._write_cursor()
+            self._persist_cursor()
         for seq in deleted:
             self._path(seq).unlink(missing_ok=True)
         self._update_blocking()
@@ -495,7 +519,22 @@ class Spool:
 
     def flush_cursor(self) -> None:
         if self._open and self._cursor != self._persisted:
+            self._persist_cursor()
+
+    def _persist_cursor(self) -> None:
+        """_write_cursor(), but a failure (disk full) only costs duplicates after a restart (the
+        cursor file lags; deleted segments are skipped at open), so it is logged once, not raised."""
+        try:
             self._write_cursor()
+        except OSError as exc:
+            if not self._cursor_failing:
+                self._cursor_failing = True
+                log.warning("audit spool: cannot write the cursor file in %s (%s); delivery goes on, a restart "
+                            "would resend acknowledged events (logged again when it works)", self.directory, exc)
+            return
+        if self._cursor_failing:
+            self._cursor_failing = False
+            log.info("audit spool: the cursor file is written again")
 
     def _write_cursor(self) -> None:
         tmp = self.directory / f"cursor.tmp{os.getpid()}"
@@ -564,7 +603,7 @@ class Spool:
         finally:
             os.close(self._write_fd)
             self._write_fd = None
-        self._write_cursor()
+        self._persist_cursor()
         self.drops.tick(force=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock

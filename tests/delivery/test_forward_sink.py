@@ -8,6 +8,7 @@ import pytest
 from levity.audit.delivery import ForwardSink
 from levity.audit.sink import make_sink
 from levity.audit.spool import inspect_spool
+from tests.support import certs
 from tests.support.forward_receiver import ForwardReceiver
 
 WAIT = 30.0
@@ -92,7 +93,9 @@ async def test_events_are_acknowledged_and_arrive_in_order(receiver, settings_fo
     assert chunked and batches[-1].chunk and all(b.acked for b in chunked)
     assert len({b.chunk for b in chunked}) == len(chunked)  # chunk ids are unique
     assert sum(b.count for b in batches) == 1000
-    assert received[0].time_ns == events[0].time_ns  # EventTime keeps the nanoseconds
+    # EventTime keeps the nanoseconds (compared by event_id: durable events are emitted from tasks, later).
+    sent_time = {ev.record["event_id"]: ev.time_ns for ev in events}
+    assert all(ev.time_ns == sent_time[ev.record["event_id"]] for ev in received)
     stats = sink.stats()
     assert stats["emitted"] == stats["acknowledged"] == 1000
     assert stats["spooled"] == stats["dropped"] == stats["send_failures"] == 0
@@ -186,7 +189,6 @@ async def test_wrong_shared_key_delivers_nothing_and_keeps_the_events(settings_f
 
 
 async def test_tls_with_shared_key(tmp_path, settings_for, factory):
-    certs = pytest.importorskip("tests.support.certs")
     bundle = certs.make_certs(tmp_path / "certs")
     with ForwardReceiver(shared_key="k", ssl_context=bundle.server_context()) as receiver:
         sink = await started(settings_for(receiver, fluentd_tls=True, fluentd_tls_ca=str(bundle.ca_cert),
@@ -199,7 +201,6 @@ async def test_tls_with_shared_key(tmp_path, settings_for, factory):
 
 
 async def test_tls_with_an_unknown_ca_is_refused(tmp_path, settings_for, factory):
-    certs = pytest.importorskip("tests.support.certs")
     bundle = certs.make_certs(tmp_path / "certs")
     other = certs.make_certs(tmp_path / "other")
     with ForwardReceiver(ssl_context=bundle.server_context()) as receiver:
@@ -271,3 +272,28 @@ async def test_order_is_kept_across_tags(receiver, settings_for, factory):
     await wait_until(lambda: sink.stats()["acknowledged"] >= 300, what="acks")
     await sink.close(5)
     assert [ev.record["event_id"] for ev in receiver.events] == [ev.record["event_id"] for ev in events]
+
+
+async def test_durable_events_refused_by_drop_newest_raise_not_durable(receiver, settings_for, factory):
+    from levity.audit.sink import NotDurable
+
+    receiver.refuse = True
+    sink = await started(settings_for(receiver, spool_max_bytes=16 << 10, spool_overflow="drop_newest"))
+    try:
+        for i in range(2000):  # more than the spool holds
+            sink.emit(factory.make("heartbeat", f"CP{i}"))
+        await wait_until(lambda: sink.spool.dropped > 0, what="the spool to be full")
+        with pytest.raises(NotDurable):
+            await sink.emit_durable(make_events(factory, 1)[0])
+        assert sink.stats()["durable_failed"] == 1
+    finally:
+        await sink.close(0.5)
+
+
+async def test_durable_event_after_close_raises_not_durable(receiver, settings_for, factory):
+    from levity.audit.sink import NotDurable
+
+    sink = await started(settings_for(receiver))
+    await sink.close(1.0)
+    with pytest.raises(NotDurable):
+        await sink.emit_durable(make_events(factory, 1)[0])

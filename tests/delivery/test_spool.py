@@ -176,3 +176,22 @@ def test_inspect_is_read_only(tmp_path):
     assert info.oldest_time_ns == 1_700_000_000_000_000_003
     assert [r["n"] for _, _, r in iter_events(tmp_path)] == list(range(3, 10))
     spool.close()
+
+
+def test_a_failed_write_raises_and_leaves_no_partial_frame(tmp_path):
+    from levity.audit.spool import SpoolWriteError
+
+    spool = Spool(tmp_path, max_bytes=1 << 20).open()
+    assert spool.append(events(3)) == 3
+    good_fd = spool._write_fd
+    spool._write_fd = os.open(tmp_path / "lock", os.O_RDONLY)  # a descriptor that cannot be written
+    try:
+        with pytest.raises(SpoolWriteError) as failure:
+            spool.append(events(2, start=3))
+        assert failure.value.written == 0
+    finally:
+        os.close(spool._write_fd)
+        spool._write_fd = good_fd
+    assert spool.append(events(2, start=3)) == 2  # the next write works
+    assert read_all(spool)[0] == list(range(5))
+    spool.close()

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 INVENTORIES = ["dev", "staging", "production"]
 PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
-ROLES = ["levity", "fluentd", "elasticsearch", "kibana", "postgresql", "haproxy"]
+ROLES = ["levity", "fluentd", "elasticsearch", "kibana", "prometheus", "postgresql", "haproxy"]
 TEST_VAULT_PASSWORD = Path(__file__).with_name("vault-password.test-only")
 
 
@@ -66,7 +66,8 @@ def test_syntax_check(inventory, playbook):
 def test_site_imports_every_part():
     site = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
     assert {play["ansible.builtin.import_playbook"] for play in site} == {
-        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml", "postgresql.yml", "haproxy.yml"}
+        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml", "prometheus.yml", "postgresql.yml",
+        "haproxy.yml"}
 
 
 @pytest.mark.parametrize("inventory", INVENTORIES)
@@ -92,7 +93,10 @@ def test_vault_example_covers_the_secrets_and_decrypts(inventory, tmp_path):
     shutil.copy(copy / "group_vars" / "all" / "vault.yml.example", vault)
     run("ansible-vault", "encrypt", "--vault-password-file", str(TEST_VAULT_PASSWORD), str(vault))
     assert vault.read_text().startswith("$ANSIBLE_VAULT;1.1;AES256")
-    host = next(iter(yaml.safe_load((copy / "hosts.yml").read_text())["all"]["children"]["fluentd"]["hosts"]))
+    inventory_hosts = json.loads(run("ansible-inventory", "-i", str(copy), "--vault-password-file",
+                                     str(TEST_VAULT_PASSWORD), "--list").stdout)
+    host = next(h for group, members in inventory_hosts.items() if group.startswith("fluentd")
+                for h in (members.get("hosts", []) if isinstance(members, dict) else []))
     result = run("ansible", host, "-i", str(copy), "--vault-password-file", str(TEST_VAULT_PASSWORD),
                  "-m", "ansible.builtin.debug", "-a", "var=fluentd_secret_environment.FLUENTD_SHARED_KEY")
     assert "CHANGE-ME-long-random-string" in result.stdout
@@ -139,7 +143,7 @@ def test_filter_renders_exactly_what_the_generator_renders():
         info = levity_fluentd.levity_fluentd_profile_info(name)
         assert info["problems"] == []
     production = levity_fluentd.levity_fluentd_profile_info("production")
-    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-s3"]
+    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-prometheus", "fluent-plugin-s3"]
     assert "FLUENTD_SHARED_KEY" in production["environment"]
     assert "/etc/fluent/tls/fluentd.key" in production["files"]
     from ansible.errors import AnsibleFilterError
@@ -159,16 +163,27 @@ def test_production_and_staging_are_secure_by_default(inventory):
         assert settings["levity_security_profile"] in (2, 3)
         assert settings["levity_unknown_charge_points"] == "refuse"
         assert settings["levity_boot_policy"] != "accept"
-        assert settings["levity_fluentd_tls"] is True
-        assert settings["levity_fluentd_shared_key"] == "{{ vault_fluentd_shared_key }}"
         environment = settings["levity_extra_environment"]
         files = {f["path"]: f["content"] for f in settings["levity_files"]}
-        for variable in ("LEVITY_TLS_CERT", "LEVITY_TLS_KEY", "FLUENTD_TLS_CA"):
+        to_fluentd = ["FLUENTD_TLS_CA"]
+        if settings["levity_fluentd_host"] in ("127.0.0.1", "localhost", "::1"):
+            # Levity hands its events to the forwarder on its own host; the hop off the host
+            # is the forwarder's, with TLS and the shared key (checked below).
+            assert settings["fluentd_profile"] == "forwarder"
+            to_fluentd = []
+        else:
+            assert settings["levity_fluentd_tls"] is True
+            assert settings["levity_fluentd_shared_key"] == "{{ vault_fluentd_shared_key }}"
+        for variable in ["LEVITY_TLS_CERT", "LEVITY_TLS_KEY", *to_fluentd]:
             assert files[environment[variable]].startswith("{{ vault_"), variable  # from the vault
     from levity.fluentconf import load_profile
 
     forward = load_profile(ROOT / "profiles" / f"{inventory}.yaml").doc.sources.forward
     assert forward.tls is not None and forward.tls.enabled and forward.security is not None
+    forwarder = load_profile(ROOT / "profiles" / "forwarder.yaml").doc
+    assert forwarder.sources.forward.bind == "127.0.0.1"
+    for output in forwarder.outputs:  # as the profile spells them
+        assert output["tls"].get("enabled", True) and output["shared_key"], output["name"]
 
 
 def test_dev_keeps_the_development_defaults():

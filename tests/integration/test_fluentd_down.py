@@ -20,8 +20,18 @@ async def test_fluentd_down_does_not_slow_or_stop_answers(levity):
             assert start[0] == 3 and start[2]["transactionId"] > 0
 
     await asyncio.gather(*(charger(n) for n in range(10)))
-    await asyncio.sleep(1.5)  # let the sink notice and report the failure
-    assert server.metrics()["levity_audit_emitted"] >= 10 * 103
+    for _ in range(300):  # until the sink has noticed and reported the failure
+        if "unavailable" in server.log():
+            break
+        await asyncio.sleep(0.05)
+    metrics = server.metrics()
+    emitted = metrics['levity_audit_events_total{state="emitted"}']
+    assert emitted >= 10 * 103
+    # The premise: delivery really failed the whole time (nothing acknowledged, all of it kept).
+    up = [value for name, value in metrics.items() if name.startswith("levity_fluentd_up{")]
+    assert up and not any(up)
+    assert metrics['levity_audit_events_total{state="acknowledged"}'] == 0
+    assert metrics["levity_audit_unacknowledged_events"] == emitted
     server.stop()
     fluentd_lines = [line for line in server.log().splitlines()
                      if "Fluentd" in line and ("ERROR" in line or "WARNING" in line)]

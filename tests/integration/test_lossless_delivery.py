@@ -53,21 +53,31 @@ async def test_fluentd_down_under_load_then_back_every_event_arrives(levity):
         answered: list[dict] = []
         receiver.refuse = True  # Fluentd goes away while chargers are busy
         chargers = asyncio.gather(*(run_charger(server.url, f"CP-LOAD{n}", 10, answered) for n in range(10)))
-        await asyncio.sleep(1.0)
+        # The premise: while it is away, sends fail and transactions are answered all the same.
+        deadline = asyncio.get_running_loop().time() + 30
+        while not ("unavailable" in server.log() and len(answered) >= 20):
+            assert asyncio.get_running_loop().time() < deadline, "Levity never noticed the outage"
+            await asyncio.sleep(0.05)
+        during = server.metrics()
+        assert not any(v for k, v in during.items() if k.startswith("levity_fluentd_up{"))
+        assert during['levity_audit_events_total{state="acknowledged"}'] < \
+            during['levity_audit_events_total{state="emitted"}']
+        assert not chargers.done(), "the load ended before Fluentd came back: the test proves nothing"
         receiver.refuse = False  # ...and comes back mid-load
         await chargers
         emitted = None
         for _ in range(100):  # until everything emitted is acknowledged
             metrics = server.metrics()
-            emitted = metrics["levity_audit_emitted"]
-            if metrics.get("levity_audit_acknowledged", 0) >= emitted:
+            emitted = metrics['levity_audit_events_total{state="emitted"}']
+            if metrics.get('levity_audit_events_total{state="acknowledged"}', 0) >= emitted:
                 break
             await asyncio.sleep(0.2)
         events = receiver.events
         assert {(a["event_type"], a["transaction_id"]) for a in answered} <= by_identity(events)
         assert len({e.record["event_id"] for e in events}) == emitted
         assert_duplicates_share_event_ids(events)
-        assert server.metrics()["levity_audit_dropped"] == 0
+        assert server.metrics()['levity_audit_events_total{state="dropped"}'] == 0
+        assert "acknowledges events again" in server.log()  # it did fail, then recovered
     finally:
         receiver.stop()
 

@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def api_env() -> dict[str, str]:
     """Settings that turn the operator API on, on a free port."""
@@ -26,7 +28,8 @@ def free_port() -> int:
 class LevityProcess:
     """`levity serve` as a chargers' Central System would see it."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int | None = None):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, port: int | None = None,
+                 stdout: int | None = None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.env = {
@@ -37,12 +40,14 @@ class LevityProcess:
             "LEVITY_AUDIT_SINK": "file",
             "LEVITY_AUDIT_FILE": str(self.workdir / "audit.jsonl"),
             "FLUENTD_ENABLED": "false",
+            "TMPDIR": str(self.workdir),  # the supervisor's metrics directory, even after a SIGKILL
             "LEVITY_API_PORT": "0",  # the operator API only where a test asks for it (api_env())
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
         self.health_ssl = None  # an ssl.SSLContext when Levity serves TLS
         self.log_path = self.workdir / "levity.log"
+        self.stdout = stdout  # where its standard output goes (default: the log file)
         self.starts = 0
 
     @property
@@ -66,7 +71,7 @@ class LevityProcess:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "levity.cli", "serve"], cwd=self.workdir,
-            env={**environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            env={**environ, **self.env}, stdout=log if self.stdout is None else self.stdout, stderr=log,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -103,11 +108,15 @@ class LevityProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def metrics(self) -> dict[str, float]:
+        """/metrics read with prometheus_client's own parser: {'name{label="value",...}': value}."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+            return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values

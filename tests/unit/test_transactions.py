@@ -1,6 +1,7 @@
 """One session, one start and one stop: the rules' words, the store's state, the docs' queries,
 and the routes that keep anomalies away from billing."""
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from levity.audit.events import ANOMALY_KINDS, EventFactory, IdTagPolicy, TAGS, conformance_errors
+from levity.chargepoint import Authorizer, CentralSystemContext
 from levity.fluentconf.units import tag_pattern_covers
 from levity.store import Store
 from levity.transactions import (close_abandoned, highest_register, register_wh, registers_in, repeated_stop_detail,
@@ -35,6 +37,7 @@ def test_a_repeated_stop_detail_names_what_differs_in_words():
     tx = store.start_transaction("CP1", 1, "T", 1000, "2024-01-15T10:10:00Z", None, NOW, event_id="e1")
     first = stop_request(15000, "2024-01-15T11:00:00Z", None, None, None)
     store.stop_transaction(tx, 15000, "2024-01-15T11:00:00Z", "Local", None, NOW, event_id="e2", request=first)
+    store.commit()  # reads see committed writes only
     stopped = store.transaction(tx)
     assert stopped.stop_event_id == "e2" and stopped.start_event_id == "e1"
     plain = IdTagPolicy()
@@ -155,11 +158,22 @@ class CollectingSink:
     def emit(self, event):
         self.events.append(event)
 
+    async def emit_durable(self, event):
+        self.events.append(event)
+
 
 def test_close_abandoned_inside_the_server_sends_its_anomaly_at_once(tmp_path):
     store, sink, events = Store(str(tmp_path / "levity.db")), CollectingSink(), EventFactory()
     tx = store.start_transaction("CP1", 1, "T", 10, "2024-01-15T10:10:00Z", None, NOW, event_id="start-1")
-    row = close_abandoned(store, sink, events, tx, "charger replaced")
+    store.commit()
+    context = CentralSystemContext(store=store, sink=sink, events=events, authorizer=Authorizer(), validator=None)
+
+    async def close():  # as the server does it: on the event loop, the store's writer thread commits
+        row = await close_abandoned(context, tx, "charger replaced")
+        assert not context._transaction_locks, "the charge point's lock is dropped once free"
+        return row
+
+    row = asyncio.run(close())
     assert row["state"] == "abandoned" and row["closed_reason"] == "charger replaced" and row["meter_stop"] is None
     [event] = sink.events
     assert event.record["kind"] == "abandoned_transaction" and event.record["first_event_id"] == "start-1"
