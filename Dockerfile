@@ -32,9 +32,11 @@ ARG PIP_CA_BUNDLE=
 RUN python3 -m venv /opt/levity && python3 -m venv /opt/build
 WORKDIR /src
 COPY pyproject.toml ./
-# Runtime dependencies and the build backend, read from pyproject.toml (one list, no copy).
+# Runtime dependencies (with the PostgreSQL driver: LEVITY_DATABASE=postgresql://...) and the build
+# backend, read from pyproject.toml (one list, no copy).
 RUN python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); \
-open("/tmp/runtime.txt", "w").write("\n".join(p["project"]["dependencies"])); \
+open("/tmp/runtime.txt", "w").write("\n".join(p["project"]["dependencies"] \
+    + p["project"]["optional-dependencies"]["postgresql"])); \
 open("/tmp/build.txt", "w").write("\n".join(p["build-system"]["requires"]))' \
  && /opt/levity/bin/pip install ${PIP_CA_BUNDLE:+--cert "$PIP_CA_BUNDLE"} -r /tmp/runtime.txt \
  && /opt/build/bin/pip install ${PIP_CA_BUNDLE:+--cert "$PIP_CA_BUNDLE"} -r /tmp/build.txt

@@ -19,22 +19,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _charge_points(args: argparse.Namespace) -> int:
     from levity.audit.events import iso_utc
-    from levity.store import StorageError, Store
+    from levity.database import command_line_settings, open_store
+    from levity.store import StorageError
     from levity.workers import check_layout, shard_database, worker_index
     import time
 
-    settings = load_settings(args)
+    settings = command_line_settings(load_settings(args))
     check_layout(settings)
     workers = settings.workers
     # With several workers each charge point lives in the database of the worker that owns it.
     # Owner-only files, as `levity serve` creates them: password hashes and personal data.
     umask = os.umask(0o077)
     try:
-        stores = [Store(shard_database(settings.database, i, workers)) for i in range(workers)]
+        stores = [open_store(settings, database=shard_database(settings.database, i, workers))
+                  for i in range(workers)]
     finally:
         os.umask(umask)
 
-    def store_of(charge_point_id: str) -> Store:
+    def store_of(charge_point_id: str):
         return stores[worker_index(charge_point_id, workers)]
 
     try:
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_api(commands)
     from levity.transactions_cli import register as register_transactions
     register_transactions(commands)
+    from levity.database_cli import register as register_database
+    register_database(commands)
     try:
         from levity.doctor import register as register_doctor
     except ImportError:  # doctor arrives with lossless delivery

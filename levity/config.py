@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from levity.database import redact
+from levity.proxy import parse_networks
+
 
 class ConfigError(ValueError):
     """A setting has a value Levity cannot use; the message names the setting."""
@@ -125,7 +128,19 @@ class Settings:
     api_host: str = opt("LEVITY_API_HOST", "127.0.0.1",
                         "address of the operator HTTP API (docs/operator-api.md); loopback by default")
     api_port: int = opt("LEVITY_API_PORT", 9001, "port of the operator HTTP API; 0 turns it off", parse=_port)
-    database: str = opt("LEVITY_DATABASE", "levity.db", "SQLite database file (':memory:' keeps nothing)")
+    database: str = opt("LEVITY_DATABASE", "levity.db",
+                        "SQLite database file (':memory:' keeps nothing), or a postgresql://user@host:port/db URL "
+                        "shared by several instances (docs/scaling.md)")
+    trusted_proxies: tuple = opt(
+        "LEVITY_TRUSTED_PROXIES", (),
+        "addresses or networks of balancers in front (e.g. HAProxy): from them, the charger's address is the "
+        "last X-Forwarded-For entry (logged as remote_address, used by the authentication limits)",
+        parse=parse_networks)
+    database_password: str | None = opt("LEVITY_DATABASE_PASSWORD", None,
+                                        "password of the PostgreSQL database (also PGPASSWORD or ~/.pgpass)",
+                                        secret=True)
+    database_password_file: str | None = opt("LEVITY_DATABASE_PASSWORD_FILE", None,
+                                             "file holding the PostgreSQL password")
     workers: int = opt(
         "LEVITY_WORKERS", 1,
         "worker processes sharing the port; each owns the charge points whose id hashes to it, with its "
@@ -281,6 +296,7 @@ class Settings:
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = ("<set>" if value else None) if f.metadata["secret"] else value
+        out["database"] = redact(self.database)  # a URL may carry a password
         return out
 
 

@@ -42,7 +42,8 @@ from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
 from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings
 from levity.protocol import PayloadValidator
-from levity.store import Store
+from levity.database import DatabaseStartupError, is_postgres, open_store
+from levity.proxy import forwarded_client
 from levity.transactions import send_pending_closes_forever
 from levity.transport import OcppConnection
 
@@ -85,6 +86,7 @@ class Session:
     connected_at: float = field(default_factory=time.monotonic)
     replaced: bool = False
     sender: CallSender | None = None  # calls Levity sends it (operator API), made on the first
+    generation: int = 0  # with several instances: its claim in connection_owners (levity/cluster.py)
 
 
 class StartupError(Exception):
@@ -96,7 +98,9 @@ class CentralSystem:
                  transaction_ids: tuple[int, int] = (1, 1)):
         self.settings = settings
         try:
-            self.store = Store(settings.database, transaction_ids)
+            self.store = open_store(settings, transaction_ids)
+        except DatabaseStartupError as exc:
+            raise StartupError(str(exc)) from None
         except (sqlite3.Error, OSError) as exc:
             raise StartupError(f"cannot open the database {settings.database}: {exc}") from None
         try:
@@ -134,6 +138,12 @@ class CentralSystem:
         self.operations = LocalOperations(self)  # what the operator API asks of this process
         self.api_listener = None
         self._closes_task: asyncio.Task | None = None
+        self.cluster = None  # several instances on PostgreSQL: created at start
+        if is_postgres(settings.database):
+            from levity.cluster import InstanceCluster
+
+            self.cluster = InstanceCluster(self.store, settings.database, settings.secret("database_password"),
+                                           self._replaced_elsewhere)
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         settings = self.settings
@@ -204,7 +214,7 @@ class CentralSystem:
         if credentials is not None and credentials[0] == charge_point_id and stored is not None \
                 and self.credentials.known(charge_point_id, credentials[1], stored):
             return None  # proven before against this very hash: no scrypt, no rate limit
-        address = connection.remote_address[0] if connection.remote_address else "unknown"
+        address = self._client_host(connection)
         for limiter, key in ((self.auth_failures_by_id, charge_point_id), (self.auth_failures_by_address, address)):
             if limiter.blocked(key):
                 self.auth_stats["refused_rate_limited"] += 1
@@ -346,7 +356,7 @@ class CentralSystem:
 
     def opened(self, connection: OcppConnection) -> None:
         charge_point_id = charge_point_id_from_path(connection.request.path)
-        remote = format_address(connection.remote_address)
+        remote = self._client_address(connection)
         if connection.subprotocol != SUBPROTOCOL:
             log.warning("%s from %s offered no %s subprotocol: closing", charge_point_id, remote, SUBPROTOCOL)
             connection.close(1002, f"{SUBPROTOCOL} subprotocol required")
@@ -360,12 +370,42 @@ class CentralSystem:
             log.info("%s reconnected from %s: closing its previous connection from %s",
                      charge_point_id, remote, previous.remote_address)
             previous.connection.close(1000, "replaced by a newer connection")
+        if self.cluster is not None:
+            session.generation = self.cluster.claim(charge_point_id)
 
         charge_point = ChargePoint(charge_point_id, connection, self.context)
         connection.on_message = charge_point.handle_frame
         connection.on_close = lambda _: self._closed(session)
         self.sink.emit(self.events.make("websocket_connect", charge_point_id, remote_address=remote))
         log.info("%s connected from %s", charge_point_id, remote)
+
+    def _forwarded(self, connection: OcppConnection) -> str | None:
+        """The charger's address as a trusted balancer reports it (levity/proxy.py)."""
+        peer = connection.remote_address[0] if connection.remote_address else None
+        headers = connection.request.headers if connection.request is not None else None
+        return forwarded_client(peer, headers, self.settings.trusted_proxies)
+
+    def _client_host(self, connection: OcppConnection) -> str:
+        peer = connection.remote_address[0] if connection.remote_address else None
+        return self._forwarded(connection) or peer or "unknown"
+
+    def _client_address(self, connection: OcppConnection) -> str:
+        """As remote_address in the audit trail: the charger's, also behind a trusted balancer
+        (which does not pass the charger's port on)."""
+        forwarded = self._forwarded(connection)
+        if forwarded:
+            return f"[{forwarded}]" if ":" in forwarded else forwarded
+        return format_address(connection.remote_address)
+
+    def _replaced_elsewhere(self, charge_point_id: str, generation: int) -> None:
+        """The charger connected to another instance after it connected here: this one is stale."""
+        session = self.sessions.get(charge_point_id)
+        if session is not None and session.generation < generation:
+            session.replaced = True
+            self.cluster.replaced_elsewhere += 1
+            log.info("%s reconnected to another instance: closing its connection here from %s",
+                     charge_point_id, session.remote_address)
+            session.connection.close(1000, "replaced by a newer connection")
 
     def _closed(self, session: Session) -> None:
         if self.sessions.get(session.charge_point_id) is session:
@@ -422,6 +462,11 @@ class CentralSystem:
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
+        if self.cluster is not None:
+            try:
+                await self.cluster.start()
+            except DatabaseStartupError as exc:
+                raise StartupError(str(exc)) from None
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"
@@ -445,6 +490,8 @@ class CentralSystem:
             self._keepalive_task.cancel()
         if self._closes_task is not None:
             self._closes_task.cancel()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._release_task is not None:
             self._release_task.cancel()
         for session in list(self.sessions.values()):

@@ -39,17 +39,20 @@ def register(commands) -> None:
 
 
 def _stores(settings):
-    from levity.store import Store
+    from levity.database import open_store
     from levity.workers import check_layout, shard_database
 
     check_layout(settings)
-    return [Store(shard_database(settings.database, i, settings.workers)) for i in range(settings.workers)]
+    return [open_store(settings, database=shard_database(settings.database, i, settings.workers))
+            for i in range(settings.workers)]
 
 
 def run(args: argparse.Namespace) -> int:
     from levity.workers import worker_index
 
-    settings = load_settings(args)
+    from levity.database import command_line_settings
+
+    settings = command_line_settings(load_settings(args))
     workers = settings.workers
     stores = _stores(settings)
     try:

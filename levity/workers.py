@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 from levity import __version__, metrics
 from levity.commands import Unavailable
 from levity.config import ConfigError, Settings
+from levity.database import is_postgres, redact
 from levity.metrics import WorkerMetrics
 
 log = logging.getLogger("levity.workers")
@@ -87,8 +88,8 @@ def shard_workers(name: str, prefix: str = "", suffix: str = "") -> int | None:
 
 
 def shard_database(database: str, index: int, workers: int) -> str:
-    if workers == 1 or database == ":memory:":
-        return database
+    if workers == 1 or database == ":memory:" or is_postgres(database):
+        return database  # PostgreSQL: one database for every worker and instance
     path = Path(database)
     return str(path.with_name(f"{path.stem}.{shard_name(index, workers)}{path.suffix}"))
 
@@ -116,7 +117,7 @@ def check_layout(settings: Settings) -> None:
     (and open transactions, and unsent audit events) would belong to the wrong worker."""
     workers = settings.workers
     found: set[int] = set()
-    if settings.database != ":memory:":
+    if settings.database != ":memory:" and not is_postgres(settings.database):
         database = Path(settings.database)
         if database.exists() and _holds_charge_point_state(database):
             found.add(1)
@@ -396,10 +397,10 @@ class Supervisor:
         from levity.api import serve_api
         from levity.api.tokens import TokenStore
         from levity.commands import CommandSchemas
-        from levity.store import Store
+        from levity.database import open_store
 
         # The tokens live in the unsharded database; the workers keep their state in the shards.
-        self._token_store = Store(self.settings.database)
+        self._token_store = open_store(self.settings)
         schemas = CommandSchemas()
         schemas.compile_all()
         self.api_listener = await serve_api(self.settings, WorkerOperations(self.workers),
@@ -690,7 +691,7 @@ async def _work(settings: Settings, index: int, workers: int, channel: socket.so
     freeze_startup_objects()
     connections = ConnectionChannel(channel, central, stop.set)
     connections.start()
-    log.info("worker %d of %d serving (database %s)", index, workers, settings.database)
+    log.info("worker %d of %d serving (database %s)", index, workers, redact(settings.database))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -25,6 +25,17 @@ if [ ${#need[@]} -gt 0 ]; then
         debootstrap docker-compose ca-certificates prometheus >/dev/null
 fi
 
+# The multi-instance tests: a real PostgreSQL (started by the test in a temporary directory, as
+# the postgres user) and a real HAProxy in front of several Levity processes.
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test-host-setup: installing ${need[*]}" >&2
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
 # The Debian archive this host's apt already uses: its main component, e.g. "500
 # http://mirror/debian bookworm/main amd64 Packages" in `apt-cache policy`.
 debian_mirror() {

@@ -58,10 +58,10 @@ def register(commands) -> None:
 def _api_tokens(args: argparse.Namespace) -> int:
     from levity.api.tokens import TokenStore
     from levity.config import load_settings
-    from levity.store import Store
+    from levity.database import open_store
 
     settings = load_settings(argparse.Namespace(database=args.database))
-    store = Store(settings.database)
+    store = open_store(settings)
     try:
         tokens = TokenStore(store)
         if args.action == "create":

@@ -51,6 +51,6 @@ class TokenStore:
         token = new_token()
         try:
             self.store.add_api_token(name, role, token_hash(token), iso_utc(time.time_ns()))
-        except sqlite3.IntegrityError:
+        except (sqlite3.IntegrityError, KeyError):  # KeyError: PostgreSQL's store
             raise ValueError(f"a token named {name!r} exists: revoke it first or choose another name") from None
         return token

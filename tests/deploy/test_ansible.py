@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 INVENTORIES = ["dev", "staging", "production"]
 PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
-ROLES = ["levity", "fluentd", "elasticsearch", "kibana", "prometheus"]
+ROLES = ["levity", "fluentd", "elasticsearch", "kibana", "prometheus", "postgresql", "haproxy"]
 TEST_VAULT_PASSWORD = Path(__file__).with_name("vault-password.test-only")
 
 
@@ -66,7 +66,8 @@ def test_syntax_check(inventory, playbook):
 def test_site_imports_every_part():
     site = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
     assert {play["ansible.builtin.import_playbook"] for play in site} == {
-        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml", "prometheus.yml"}
+        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml", "prometheus.yml", "postgresql.yml",
+        "haproxy.yml"}
 
 
 @pytest.mark.parametrize("inventory", INVENTORIES)

@@ -1,0 +1,121 @@
+"""Several instances on PostgreSQL (docs/scaling.md): what it costs and how fast chargers move.
+
+    python -m benchmarks.bench_cluster                  # both measurements, defaults below
+    python -m benchmarks.bench_cluster --chargers 1000 --duration 10
+
+1. Calls/s of one Levity process (one worker) on SQLite and on PostgreSQL, the same load client
+   and mix (benchmarks/bench.py with LEVITY_DATABASE switched), one after the other.
+2. Failover: N chargers booted on instance A of two sharing a PostgreSQL; A is killed (SIGKILL);
+   every charger reconnects to B and sends BootNotification. Prints the seconds from the kill
+   to all booted on B (what a host failure costs when the balancer sends them on at once).
+
+A PostgreSQL server is started in a temporary directory from Debian's binaries (as the tests
+do: tests/support/postgres.py), with fsync off like the tests; numbers are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import websockets
+
+from benchmarks import bench
+from tests.support.levity_process import LevityProcess
+from tests.support.postgres import PostgresServer, levity_command, unavailable_reason
+
+BOOT = json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "M"}])
+
+
+def calls_per_second(database: str | None, chargers: int, duration: float, out: Path) -> float:
+    report = out / f"bench-{'pg' if database else 'sqlite'}.json"
+    argv = ["--targets", "levity", "--chargers", str(chargers), "--duration", str(duration), "--warmup", "2",
+            "--clients", "1", "--json", str(report), "--quiet", "--levity-env", "LEVITY_WORKERS=1"]
+    if database:
+        argv += ["--levity-env", f"LEVITY_DATABASE={database}"]
+    if bench.main(argv) != 0:
+        raise SystemExit("the load bench failed")
+    result = json.loads(report.read_text())["results"][0]
+    return result["calls_per_second"]
+
+
+async def boot_all(url: str, names: list[str], concurrency: int = 200) -> list:
+    """Connect and boot every charger (retrying until its instance answers); the open sockets."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(name: str):
+        while True:
+            async with limit:
+                try:
+                    ws = await websockets.connect(f"{url}/{name}", subprotocols=["ocpp1.6"], open_timeout=10)
+                    await ws.send(BOOT)
+                    if json.loads(await asyncio.wait_for(ws.recv(), 10))[0] == 3:
+                        return ws
+                    await ws.close()
+                except (OSError, asyncio.TimeoutError, websockets.WebSocketException):
+                    pass
+            await asyncio.sleep(0.05)
+
+    return await asyncio.gather(*(one(name) for name in names))
+
+
+async def failover_seconds(database: str, chargers: int, workdir: Path) -> float:
+    env = {"LEVITY_DATABASE": database, "LEVITY_AUDIT_SINK": "none", "LEVITY_MAX_CONNECTIONS": "20000"}
+    for name in ("a", "b"):
+        (workdir / name).mkdir()
+    first = LevityProcess(workdir / "a", env).start()
+    second = LevityProcess(workdir / "b", env).start()
+    try:
+        names = [f"CP{i:06d}" for i in range(chargers)]
+        sockets = await boot_all(first.url, names)
+        killed = time.perf_counter()
+        first.kill()
+        for ws in sockets:
+            ws.transport.abort()
+        moved = await boot_all(second.url, names)
+        seconds = time.perf_counter() - killed
+        await asyncio.gather(*(ws.close() for ws in moved))
+        return seconds
+    finally:
+        first.kill()
+        second.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chargers", type=int, default=200, help="chargers of the calls/s comparison")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per store")
+    parser.add_argument("--failover-chargers", type=int, default=1000, help="chargers moved after the kill")
+    args = parser.parse_args(argv)
+    reason = unavailable_reason()
+    if reason:
+        print(f"bench_cluster: {reason}", file=sys.stderr)
+        return 1
+    server = PostgresServer().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="levity-bench-cluster-") as directory:
+            out = Path(directory)
+            database = server.new_database()
+            if levity_command("db", "upgrade", database=database).returncode != 0:
+                raise SystemExit("levity db upgrade failed")
+            sqlite = calls_per_second(None, args.chargers, args.duration, out)
+            pg = calls_per_second(database, args.chargers, args.duration, out)
+            print(f"calls/s, one process, {args.chargers} chargers, {args.duration:.0f} s: "
+                  f"SQLite {sqlite:,.0f}  PostgreSQL {pg:,.0f}  ({100 * pg / sqlite:.0f}% of SQLite)")
+            failover_db = server.new_database()
+            levity_command("db", "upgrade", database=failover_db)
+            seconds = asyncio.run(failover_seconds(failover_db, args.failover_chargers, out))
+            print(f"failover: {args.failover_chargers} chargers reconnected and booted on the other instance "
+                  f"{seconds:.2f} s after the kill ({args.failover_chargers / seconds:,.0f} boots/s)")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The PostgreSQL store answers as the SQLite store does: the same calls on both, the same
+results (levity/store.py is the reference; levity/store_pg.py the shared-database engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from levity.store import Store
+from levity.store_pg import PostgresStore
+from tests.support.postgres import levity_command
+
+NOW = "2024-01-15T10:00:00Z"
+
+
+def exercise(store) -> dict:
+    """Every public call the server and the command line make; what each returns."""
+    store.register(["CP1", "CP2"], NOW)
+    store.unregister(["CP2"])
+    store.set_password_hash("CP1", "hash-1", NOW)
+    store.record_boot("CP1", {"vendor": "V", "model": "M", "serial_number": "S", "firmware_version": "1"},
+                      "Accepted", False, NOW)
+    store.record_heartbeat("CP1", "2024-01-15T10:01:00Z")
+    store.record_cp_status("CP1", "firmware_status", "Installed")
+    store.record_status("CP1", 1, "Charging", "NoError", None, None, NOW, NOW)
+    first = store.start_transaction("CP1", 1, "TAG", 100, NOW, None, NOW, event_id="e1")
+    store.commit()
+    store.add_meter_values("CP1", 1, first, [{"timestamp": NOW, "sampled_value": [{"value": "150", "unit": "Wh"}]}])
+    store.stop_transaction(first, 400, "2024-01-15T11:00:00Z", "Local", "TAG", NOW, event_id="e2",
+                           request={"meter_stop": 400})
+    second = store.start_transaction("CP1", 2, "TAG", 0, NOW, None, NOW, event_id="e3")
+    closed = store.close_abandoned(second, "operator", NOW, "e4", event_sent=False)
+    with pytest.raises(ValueError, match="already"):
+        store.close_abandoned(second, "again", NOW, "e5")
+    pending = [t.id for t in store.pending_closes()]
+    store.mark_close_sent(second)
+    store.commit()
+    point = store.charge_point("CP1")
+    return {
+        "registered": store.registered_ids(), "is_registered": [store.is_registered("CP1"), store.is_registered("CP2")],
+        "password": store.password_hash("CP1"),
+        "charge_point": {k: point[k] for k in ("registered", "vendor", "last_heartbeat", "firmware_status")},
+        "connector": tuple(store.connector_status("CP1", 1)),
+        "identical": store.identical_start("CP1", 1, "TAG", 100, NOW).id == first,
+        "meter_stop": store.meter_stop("CP1", first), "registers": [tuple(r) for r in store.energy_registers("CP1", first)],
+        "stopped": {k: v for k, v in store.transactions(transaction_id=first)[0].items() if k not in
+                    ("transaction_id", "age_seconds")},
+        "abandoned": (closed.abandon_reason, closed.open), "pending_before": pending == [second],
+        "pending_after": store.pending_closes(), "open": store.open_transactions("CP1"),
+        "open_on_connector": store.open_on_connector("CP1", 2),
+        "rows": [{k: v for k, v in row.items() if k != "last_status"} for row in store.charge_point_rows()],
+        "connectors": store.connectors("CP1"),
+        "counts": [store.count(t) for t in ("charge_points", "connectors", "transactions", "meter_values")],
+    }
+
+
+def test_postgres_and_sqlite_answer_the_same(tmp_path, postgres_server):
+    url = postgres_server.new_database()
+    assert levity_command("db", "upgrade", database=url).returncode == 0
+    sqlite, pg = Store(str(tmp_path / "levity.db")), PostgresStore(url)
+    try:
+        assert exercise(pg) == exercise(sqlite)
+        pg.add_api_token("ops", "read", "h1", NOW)
+        with pytest.raises(KeyError):
+            pg.add_api_token("ops", "read", "h2", NOW)
+        assert pg.api_token("h1") == ("ops", "read") and pg.revoke_api_token("ops") and pg.api_tokens() == []
+    finally:
+        sqlite.close()
+        pg.close()
