@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 
 from levity import __version__
 from levity.commands import Unavailable
-from levity.config import ConfigError, Settings
+from levity.config import ConfigError, Settings, StartupError
 
 log = logging.getLogger("levity.workers")
 
@@ -574,8 +574,6 @@ def _is_upgrade(head: bytes) -> bool:
 
 
 async def _supervise(settings: Settings) -> int:
-    from levity.server import StartupError
-
     supervisor = Supervisor(settings)
     try:
         await supervisor.start()
@@ -703,8 +701,6 @@ def worker_main(argv: list[str]) -> int:
     configure_logging(settings.log_level, prefix=f"[worker {index}] ")
     os.umask(0o077)
     channel = socket.socket(fileno=fd)
-    from levity.server import StartupError
-
     try:
         asyncio.run(_work(settings, index, parent.workers, channel))
     except StartupError as exc:

@@ -1,0 +1,78 @@
+"""OCPP 2.0.1: which actions a charging station sends, and their payloads checked against the
+OCA 2.0.1 schemas the `ocpp` package ships (compiled by levity.framing, as for 1.6).
+
+OCPP-J 2.0.1 spells two CALLERROR codes differently from 1.6: `FormatViolation` (1.6:
+FormationViolation) and `OccurrenceConstraintViolation` (1.6: OccurenceConstraintViolation);
+the shared framing raises the 1.6 names and a 2.0.1 connection renames them (as_201()).
+An action 2.0.1 does not define (a 1.6 StartTransaction, ...) is NotImplemented; a 2.0.1
+action only a CSMS sends is NotSupported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import ocpp.v201
+from ocpp.v201.enums import Action
+
+from levity.framing import Call, CallError, SchemaValidator, any_date_time, compile_schema_file, is_rfc3339_date_time
+
+VERSION = "2.0.1"
+SUBPROTOCOL = "ocpp2.0.1"
+
+# Messages a charging station sends to a CSMS in OCPP 2.0.1 (part 2, the "CS -> CSMS" ones).
+CHARGING_STATION_ACTIONS = frozenset({
+    "Authorize", "BootNotification", "ClearedChargingLimit", "DataTransfer", "FirmwareStatusNotification",
+    "Get15118EVCertificate", "GetCertificateStatus", "Heartbeat", "LogStatusNotification", "MeterValues",
+    "NotifyChargingLimit", "NotifyCustomerInformation", "NotifyDisplayMessages", "NotifyEVChargingNeeds",
+    "NotifyEVChargingSchedule", "NotifyEvent", "NotifyMonitoringReport", "NotifyReport",
+    "PublishFirmwareStatusNotification", "ReportChargingProfiles", "ReservationStatusUpdate",
+    "SecurityEventNotification", "SignCertificate", "StatusNotification", "TransactionEvent",
+})
+ALL_201_ACTIONS = frozenset(a.value for a in Action)
+
+SCHEMA_DIR = Path(ocpp.v201.__file__).parent / "schemas"
+
+RULE_TO_CODE = {
+    "type": "TypeConstraintViolation",
+    "required": "OccurrenceConstraintViolation",
+    "additionalProperties": "OccurrenceConstraintViolation",
+    "minItems": "OccurrenceConstraintViolation",
+    "maxItems": "OccurrenceConstraintViolation",
+}
+# The 1.6 spellings the shared framing uses, as 2.0.1 spells them.
+CODES_201 = {"FormationViolation": "FormatViolation", "OccurenceConstraintViolation": "OccurrenceConstraintViolation"}
+
+
+def as_201(error: CallError) -> CallError:
+    error.code = CODES_201.get(error.code, error.code)
+    return error
+
+
+def compile_schema(name: str, adjust: Callable[[dict], None] | None = None,
+                   date_time: Callable[[str], bool] = any_date_time) -> Callable[[Any], Any]:
+    """The OCA 2.0.1 schema `name` (e.g. `ResetRequest`) compiled with fastjsonschema."""
+    return compile_schema_file(SCHEMA_DIR / f"{name}.json", adjust, date_time)
+
+
+class PayloadValidator(SchemaValidator):
+    """Validates CALL payloads of charging station messages against the OCA 2.0.1 schemas."""
+
+    rule_codes = RULE_TO_CODE
+
+    def __init__(self, lenient_timestamps: bool = False):
+        super().__init__()
+        self._lenient_timestamps = lenient_timestamps
+
+    def _compile(self, action: str) -> Callable[[Any], Any]:
+        return compile_schema(f"{action}Request", None,
+                              any_date_time if self._lenient_timestamps else is_rfc3339_date_time)
+
+
+def check_action(call: Call) -> None:
+    if call.action in CHARGING_STATION_ACTIONS:
+        return
+    if call.action in ALL_201_ACTIONS:
+        raise CallError("NotSupported", f"{call.action} is not sent by a charging station", call.unique_id)
+    raise CallError("NotImplemented", f"{call.action[:40]!r} is not an OCPP 2.0.1 action", call.unique_id)
