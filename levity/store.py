@@ -88,13 +88,12 @@ TRANSACTION_COLUMNS = {
     "abandon_event_id": "TEXT",
     "abandon_event_sent": "INTEGER NOT NULL DEFAULT 1",  # 0: closed by the CLI, its anomaly not yet sent
     # OCPP 2.0.1 (levity/ocpp201/): the station's own transaction id (a string) beside Levity's
-    # integer one, the EVSE, and what TransactionEvent leaves unknown: a start without a meter
-    # reading (meter_start then holds 0 and meter_start_known 0), the last register seen.
+    # integer one, the EVSE, and whether the start had a meter reading (without one meter_start
+    # holds 0 and meter_start_known 0).
     "ocpp_version": "TEXT",
     "station_transaction_id": "TEXT",
     "evse_id": "INTEGER",
     "meter_start_known": "INTEGER NOT NULL DEFAULT 1",
-    "last_register_wh": "INTEGER",
 }
 TRANSACTION_INDEXES = """
 CREATE INDEX IF NOT EXISTS transactions_start ON transactions (charge_point_id, connector_id, start_timestamp);
@@ -153,7 +152,6 @@ class StationTransaction:
     transaction: Transaction
     station_transaction_id: str
     meter_start_known: bool
-    last_register_wh: int | None
 
     @property
     def meter_start(self) -> int | None:
@@ -498,15 +496,11 @@ class Store:
     def station_transaction(self, charge_point_id: str, station_transaction_id: str) -> StationTransaction | None:
         """The transaction of this station with that transactionInfo.transactionId, if Levity has one."""
         row = self._db.execute(
-            "SELECT id, meter_start_known, last_register_wh FROM transactions WHERE charge_point_id = ? "
+            "SELECT id, meter_start_known FROM transactions WHERE charge_point_id = ? "
             "AND station_transaction_id = ? ORDER BY id LIMIT 1", (charge_point_id, station_transaction_id)).fetchone()
         if row is None:
             return None
-        return StationTransaction(self.transaction(row[0]), station_transaction_id, bool(row[1]), row[2])
-
-    def note_register(self, transaction_id: int, wh: int) -> None:
-        """The latest energy register of a 2.0.1 transaction: its meter_stop when the Ended has none."""
-        self._write("UPDATE transactions SET last_register_wh = ? WHERE id = ?", (wh, transaction_id))
+        return StationTransaction(self.transaction(row[0]), station_transaction_id, bool(row[1]))
 
     # Operator API tokens (only their hashes) ----------------------------------------------------
 

@@ -22,9 +22,11 @@ from levity.framing import Call, CallError, Reply, call_result as encode_result,
 from levity.handling import RETRY_INTERVAL, CentralSystemContext, TokenBucket, _now
 from levity.ocpp201.validation import VERSION, as_201, check_action
 from levity.store import StationTransaction
+from levity.transactions import highest_register
 
 log = logging.getLogger(__name__)
 
+MAX_OPEN_PER_CONNECTION = 64
 Handler = Callable[["ChargingStation", dict], Awaitable[dict]]
 _ROUTES: dict[str, Handler] = {}
 
@@ -88,6 +90,10 @@ class ChargingStation:
         self.ctx = context
         self._bucket = TokenBucket(context.max_calls_per_second)
         self._odd_units_logged = False
+        # Transactions of this connection: station id -> (Levity's id, last energy register in Wh).
+        # Spares Updated a database lookup and write; after a reconnect or a restart the
+        # database answers (levity.store.Store.station_transaction, energy_registers).
+        self._open: dict[str, tuple[int, int | None]] = {}
 
     @staticmethod
     def routes() -> dict[str, Handler]:
@@ -136,6 +142,32 @@ class ChargingStation:
             log.exception("%s: %s %s failed", self.id, call.action, call.unique_id)
             return CallError("InternalError", "the CSMS failed to handle this call", call.unique_id).frame()
         return encode_result(call.unique_id, payload)
+
+    def remember(self, station_id: str, transaction_id: int, register_wh: int | None) -> None:
+        if len(self._open) >= MAX_OPEN_PER_CONNECTION and station_id not in self._open:
+            self._open.clear()  # a station that never ends its transactions: the database answers
+        previous = self._open.get(station_id, (transaction_id, None))[1]
+        self._open[station_id] = (transaction_id, register_wh if register_wh is not None else previous)
+
+    def transaction_id(self, station_id: str) -> int | None:
+        """Levity's id of one of this station's transactions (None: never started here)."""
+        remembered = self._open.get(station_id)
+        if remembered is not None:
+            return remembered[0]
+        known = self.ctx.store.station_transaction(self.id, station_id)
+        if known is None:
+            return None
+        self.remember(station_id, known.transaction.id, None)
+        return known.transaction.id
+
+    def last_register(self, station_id: str, transaction_id: int) -> int | None:
+        """The last energy register of the transaction, in Wh: this connection's memory, else the
+        highest one stored (a reconnect, a restart)."""
+        remembered = self._open.get(station_id)
+        if remembered is not None and remembered[1] is not None:
+            return remembered[1]
+        highest = highest_register(self.ctx.store.energy_registers(self.id, transaction_id))
+        return round(highest) if highest is not None else None
 
     def _register_wh(self, meter_value: list[dict] | None, last: bool) -> int | None:
         """The Energy.Active.Import.Register in Wh: the first (a start) or the last (a stop) sampled."""
@@ -220,15 +252,16 @@ async def transaction_event(cs: ChargingStation, payload: dict) -> dict:
     kind = payload["eventType"]
     info = payload["transactionInfo"]
     station_id = info["transactionId"]
-    known = cs.ctx.store.station_transaction(cs.id, station_id)
     token = payload.get("idToken")
     answer = {"idTokenInfo": {"status": cs.ctx.authorizer.status(token["idToken"])}} if token else {}
+    if kind == "Updated":
+        _updated(cs, payload)
+        return answer
+    known = cs.ctx.store.station_transaction(cs.id, station_id)
     if kind == "Started":
         await _started(cs, payload, known)
-    elif kind == "Ended":
-        await _ended(cs, payload, known)
     else:
-        _updated(cs, payload, known)
+        await _ended(cs, payload, known)
     return answer
 
 
@@ -251,8 +284,7 @@ async def _started(cs: ChargingStation, payload: dict, known: StationTransaction
         _now(), event_id=event_id)
     if payload.get("meterValue"):
         store.add_meter_values(cs.id, evse.get("id") or 0, transaction_id, as_16_meter_values(payload["meterValue"]))
-    if meter_start is not None:
-        store.note_register(transaction_id, meter_start)
+    cs.remember(station_id, transaction_id, meter_start)
     # Billing depends on this event: it is durable before the station is answered (as 1.6).
     await cs.ctx.sink.emit_durable(cs.event(
         "transaction_start", event_id=event_id, connector_id=evse.get("connectorId"), id_tag=token.get("idToken"),
@@ -261,21 +293,22 @@ async def _started(cs: ChargingStation, payload: dict, known: StationTransaction
     store.commit()
 
 
-def _updated(cs: ChargingStation, payload: dict, known: StationTransaction | None) -> None:
+def _updated(cs: ChargingStation, payload: dict) -> None:
     info = payload["transactionInfo"]
+    station_id = info["transactionId"]
     meter_value = payload.get("meterValue") or []
     count, measurands = samples(meter_value)
     extra: dict[str, Any] = {}
-    if known is None:
+    transaction_id = cs.transaction_id(station_id)
+    if transaction_id is None:
         extra["unknown_transaction"] = True
     else:
-        transaction_id = known.transaction.id
-        evse_id = (payload.get("evse") or {}).get("id") or known.transaction.connector_id
+        evse_id = (payload.get("evse") or {}).get("id") or 0
         cs.ctx.store.add_meter_values(cs.id, evse_id, transaction_id, as_16_meter_values(meter_value))
         if (wh := cs._register_wh(meter_value, last=True)) is not None:
-            cs.ctx.store.note_register(transaction_id, wh)
+            cs.remember(station_id, transaction_id, wh)
     cs.ctx.sink.emit(cs.event(
-        "transaction_update", transaction_id=known.transaction.id if known else None,
+        "transaction_update", transaction_id=transaction_id,
         station_transaction_id=info["transactionId"], trigger_reason=payload["triggerReason"],
         charging_state=info.get("chargingState"), samples_count=count, measurands=measurands, **extra))
 
@@ -311,7 +344,7 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
     else:
         transaction_id, meter_start = known.transaction.id, known.meter_start
         if meter_stop is None:
-            meter_stop = known.last_register_wh
+            meter_stop = cs.last_register(station_id, transaction_id)
     if meter_value:
         store.add_meter_values(cs.id, (payload.get("evse") or {}).get("id") or 0, transaction_id,
                                as_16_meter_values(meter_value))
@@ -320,6 +353,7 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
                "id_tag": token.get("idToken"), "transaction_data_entries": len(meter_value or ())}
     store.stop_transaction(transaction_id, meter_stop, timestamp, reason, token.get("idToken"), now,
                            event_id=event_id, request=request)
+    cs._open.pop(station_id, None)
     await cs.ctx.sink.emit_durable(cs.event(
         "transaction_stop", event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
         energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, station_transaction_id=station_id,

@@ -56,17 +56,36 @@ def compile_schema(name: str, adjust: Callable[[dict], None] | None = None,
     return compile_schema_file(SCHEMA_DIR / f"{name}.json", adjust, date_time)
 
 
+def _bound_integers(schema: Any) -> None:
+    """Give every integer of the schema the 64-bit range (SQLite's INTEGER), checked inline by
+    the compiled validator: 2.0.1 payloads nest integers (evse.id, ...), and walking each
+    payload for oversized ones in Python cost a third of the validation."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "integer":
+            schema["maximum"] = min(schema.get("maximum", INT64_MAX), INT64_MAX)
+            schema["minimum"] = max(schema.get("minimum", -INT64_MAX - 1), -INT64_MAX - 1)
+        for value in schema.values():
+            _bound_integers(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _bound_integers(item)
+
+
+INT64_MAX = 2**63 - 1
+
+
 class PayloadValidator(SchemaValidator):
     """Validates CALL payloads of charging station messages against the OCA 2.0.1 schemas."""
 
     rule_codes = RULE_TO_CODE
+    nested_integers = False  # bounded in the schemas themselves (_bound_integers)
 
     def __init__(self, lenient_timestamps: bool = False):
         super().__init__()
         self._lenient_timestamps = lenient_timestamps
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
-        return compile_schema(f"{action}Request", None,
+        return compile_schema(f"{action}Request", _bound_integers,
                               any_date_time if self._lenient_timestamps else is_rfc3339_date_time)
 
 

@@ -23,12 +23,13 @@ def audit_records(server) -> list[dict]:
     return [line["record"] for line in read_audit_file(server.workdir / "audit.jsonl")]
 
 
-async def wait_for_audit(server, predicate, timeout: float = 10.0) -> list[dict]:
-    """The audit records once one matches `predicate` (the file sink writes as events come)."""
+async def wait_for_audit(server, predicate, count: int = 1, timeout: float = 10.0) -> list[dict]:
+    """The audit records matching `predicate`, once there are `count` of them (the file sink
+    writes as events come)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         matching = [r for r in audit_records(server) if predicate(r)]
-        if matching:
+        if len(matching) >= count:
             return matching
         assert asyncio.get_running_loop().time() < deadline, audit_records(server)
         await asyncio.sleep(0.05)
@@ -166,15 +167,26 @@ async def test_transaction_survives_a_restart(levity):
         await cs.call(transaction_event("Started", "r-1", 0, timestamp="2024-01-15T10:00:00Z",
                                         trigger_reason="Authorized", evse={"id": 1, "connector_id": 1},
                                         meter_value=energy(1000)))
+        await cs.call(transaction_event("Started", "r-2", 0, timestamp="2024-01-15T10:00:00Z",
+                                        trigger_reason="Authorized", evse={"id": 2, "connector_id": 1},
+                                        meter_value=energy(50)))
+        await cs.call(transaction_event("Updated", "r-2", 1, timestamp="2024-01-15T10:30:00Z",
+                                        trigger_reason="MeterValuePeriodic", meter_value=energy(2.5, "kWh")))
     server.restart()
     async with library_charging_station(server.url, "CS-RESTART") as cs:
         await cs.call(BOOT)
         await cs.call(transaction_event("Ended", "r-1", 1, timestamp="2024-01-15T11:00:00Z",
                                         trigger_reason="EVDeparted", meter_value=energy(4000)))
-    stop = (await wait_for_audit(server, lambda r: r["event_type"] == "transaction_stop"))[-1]
-    start = next(r for r in audit_records(server) if r["event_type"] == "transaction_start")
-    assert stop["transaction_id"] == start["transaction_id"] and stop["energy_delivered"] == 3000
-    assert "unknown_transaction" not in stop
+        # No reading in the Ended: the last register stored before the restart counts.
+        await cs.call(transaction_event("Ended", "r-2", 2, timestamp="2024-01-15T11:00:00Z",
+                                        trigger_reason="EVDeparted"))
+    stops = await wait_for_audit(server, lambda r: r["event_type"] == "transaction_stop", count=2)
+    starts = {r["station_transaction_id"]: r for r in audit_records(server) if r["event_type"] == "transaction_start"}
+    stops = {r["station_transaction_id"]: r for r in stops}
+    assert stops["r-1"]["transaction_id"] == starts["r-1"]["transaction_id"] and stops["r-1"]["energy_delivered"] == 3000
+    assert stops["r-2"]["transaction_id"] == starts["r-2"]["transaction_id"]
+    assert stops["r-2"]["meter_stop"] == 2500 and stops["r-2"]["energy_delivered"] == 2450
+    assert not any("unknown_transaction" in stop for stop in stops.values())
 
 
 async def test_subprotocol_negotiation_and_preference(levity):
