@@ -310,3 +310,38 @@ async def test_mixed_fleet_one_port_one_stream(levity):
     assert {cp_id: sum(tx.values()) for cp_id, tx in per_cp.items()} == {"CP-16": 3000, "CS-201": 5000}
     # The plain sum of examples/fluentd/README.md (a sum skips nulls, as Elasticsearch's does).
     assert sum(r["energy_delivered"] or 0 for r in records if r["event_type"] == "transaction_stop") == 8000
+
+
+async def test_security_profile_and_workers_apply_to_201_alike(levity, tmp_path):
+    from tests.integration.test_security_and_limits import KEY, basic
+
+    server = levity({"LEVITY_SECURITY_PROFILE": "1", "LEVITY_WORKERS": "2"})
+    ids = [f"CS-W{n}" for n in range(6)]
+    key_file = tmp_path / "station.key"
+    key_file.write_text(KEY)
+    for station_id in ids:  # into the database of the worker that owns the id
+        done = server.levity_command("charge-points", "set-password", station_id, "--password-file", str(key_file))
+        assert done.returncode == 0, done.stderr
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with raw_charging_station(server.url, ids[0]):
+            pass
+    assert refused.value.response.status_code == 401
+    transaction_ids = []
+    for n, station_id in enumerate(ids):
+        # Alternating versions: the workers own ids by hash, whatever the version.
+        if n % 2:
+            async with raw_charge_point(server.url, station_id, **basic(station_id, KEY)) as cp:
+                answer = await cp.call("s", "StartTransaction", {"connectorId": 1, "idTag": "T", "meterStart": 0,
+                                                                 "timestamp": "2024-01-15T10:00:00Z"})
+                transaction_ids.append(answer[2]["transactionId"])
+        else:
+            async with raw_charging_station(server.url, station_id, **basic(station_id, KEY)) as cs:
+                assert cs.ws.subprotocol == "ocpp2.0.1"
+                answer = await cs.call("s", "TransactionEvent", {
+                    "eventType": "Started", "timestamp": "2024-01-15T10:00:00Z", "triggerReason": "Authorized",
+                    "seqNo": 0, "transactionInfo": {"transactionId": f"{station_id}-1"}})
+                assert answer[0] == 3
+    starts = await wait_for_audit(server, lambda r: r["event_type"] == "transaction_start", count=len(ids))
+    assert sorted(r["ocpp_version"] for r in starts) == ["1.6"] * 3 + ["2.0.1"] * 3
+    all_ids = [r["transaction_id"] for r in starts]
+    assert len(set(all_ids)) == len(ids) and set(transaction_ids) <= set(all_ids)
