@@ -239,6 +239,17 @@ def schema_error_text(exc: fastjsonschema.JsonSchemaValueException) -> str:
     return exc.message.replace(exc.name or "", field, 1)
 
 
+def check_direction(call: Call, handled: frozenset[str], defined: frozenset[str], not_sent: str,
+                    not_defined: str) -> None:
+    """NotSupported for an action of the version sent the wrong way (`not_sent`), NotImplemented
+    for one the version does not define (`not_defined`); both formatted with {action}."""
+    if call.action in handled:
+        return
+    if call.action in defined:
+        raise CallError("NotSupported", not_sent.format(action=call.action), call.unique_id)
+    raise CallError("NotImplemented", not_defined.format(action=call.action[:40]), call.unique_id)
+
+
 class SchemaValidator:
     """Validates CALL payloads against one OCPP version's compiled schemas; subclasses say
     how a schema is compiled and which CALLERROR code each failed rule gets."""

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import ocpp.v16
 from ocpp.v16.enums import Action
 
-from levity.framing import Call, CallError, SchemaValidator, any_date_time, compile_schema_file, is_rfc3339_date_time
+from levity.framing import (Call, SchemaValidator, any_date_time, check_direction, compile_schema_file,
+                            is_rfc3339_date_time)
 
 VERSION = "1.6"
 SUBPROTOCOL = "ocpp1.6"
@@ -87,11 +88,8 @@ class PayloadValidator(SchemaValidator):
 
 def check_action(call: Call) -> None:
     """NotImplemented for actions OCPP 1.6 does not define, NotSupported for the wrong direction."""
-    if call.action in CHARGE_POINT_ACTIONS:
-        return
-    if call.action in ALL_16_ACTIONS:
-        raise CallError("NotSupported", f"{call.action} is not sent by a charge point", call.unique_id)
-    raise CallError("NotImplemented", f"unknown action {call.action[:40]!r}", call.unique_id)
+    check_direction(call, CHARGE_POINT_ACTIONS, ALL_16_ACTIONS, "{action} is not sent by a charge point",
+                    "unknown action {action!r}")
 
 
 def _relax_sampled_value_enums(schema: dict) -> None:

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import ocpp.v201
 from ocpp.v201.enums import Action
 
-from levity.framing import Call, CallError, SchemaValidator, any_date_time, compile_schema_file, is_rfc3339_date_time
+from levity.framing import (Call, CallError, SchemaValidator, any_date_time, check_direction, compile_schema_file,
+                            is_rfc3339_date_time)
 
 VERSION = "2.0.1"
 SUBPROTOCOL = "ocpp2.0.1"
@@ -90,8 +91,5 @@ class PayloadValidator(SchemaValidator):
 
 
 def check_action(call: Call) -> None:
-    if call.action in CHARGING_STATION_ACTIONS:
-        return
-    if call.action in ALL_201_ACTIONS:
-        raise CallError("NotSupported", f"{call.action} is not sent by a charging station", call.unique_id)
-    raise CallError("NotImplemented", f"{call.action[:40]!r} is not an OCPP 2.0.1 action", call.unique_id)
+    check_direction(call, CHARGING_STATION_ACTIONS, ALL_201_ACTIONS, "{action} is not sent by a charging station",
+                    "{action!r} is not an OCPP 2.0.1 action")

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 
 import httpx
-import websockets
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint as LibraryChargingStation
 from ocpp.v201 import call_result
@@ -16,7 +15,7 @@ from ocpp.v201 import call_result
 from levity.commands import CSMS_ACTIONS_201, EXAMPLE_REQUESTS_201
 from tests.integration.test_operator_api import charger, client, create_token
 from tests.support.levity_process import api_env
-from tests.support.ocpp201_client import BOOT, SUBPROTOCOL
+from tests.support.ocpp201_client import BOOT, library_charging_station
 
 COMPONENT = {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}}
 ANSWERS = {
@@ -61,16 +60,9 @@ for _action in CSMS_ACTIONS_201:
 
 @contextlib.asynccontextmanager
 async def station(url: str, station_id: str):
-    async with websockets.connect(f"{url}/{station_id}", subprotocols=[SUBPROTOCOL]) as ws:
-        cs = TestStation(station_id, ws)
-        reader = asyncio.create_task(cs.start())
-        try:
-            await cs.call(BOOT)
-            yield cs
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
-                await reader
+    async with library_charging_station(url, station_id, TestStation) as cs:
+        await cs.call(BOOT)
+        yield cs
 
 
 def audit_commands(server) -> list[dict]:

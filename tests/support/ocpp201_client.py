@@ -3,31 +3,20 @@ Levity's answers against the OCA 2.0.1 schemas), and raw frames."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 
 import websockets
 from ocpp.v201 import ChargePoint as LibraryChargingStation
 from ocpp.v201 import call
 
-from tests.support.ocpp_client import RawClient
+from tests.support.ocpp_client import RawClient, library_client
 
 SUBPROTOCOL = "ocpp2.0.1"
 
 
-@contextlib.asynccontextmanager
-async def library_charging_station(url: str, station_id: str):
+def library_charging_station(url: str, station_id: str, library_class=LibraryChargingStation):
     """An `ocpp` library 2.0.1 charging station connected to Levity; its reader runs in a task."""
-    async with websockets.connect(f"{url}/{station_id}", subprotocols=[SUBPROTOCOL]) as ws:
-        assert ws.subprotocol == SUBPROTOCOL
-        station = LibraryChargingStation(station_id, ws)
-        reader = asyncio.create_task(station.start())
-        try:
-            yield station
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
-                await reader
+    return library_client(url, station_id, library_class, SUBPROTOCOL)
 
 
 @contextlib.asynccontextmanager
