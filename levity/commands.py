@@ -78,7 +78,8 @@ CSMS_ACTIONS_201: dict[str, str] = {
     "GetBaseReport": "Provisioning", "TriggerMessage": "Remote Control", "UnlockConnector": "Remote Control",
     "ChangeAvailability": "Availability", "SetChargingProfile": "Smart Charging", "ClearCache": "Authorization",
     "GetLog": "Diagnostics", "UpdateFirmware": "Firmware Management",
-    "SendLocalList": "Local Authorization List Management", "GetLocalListVersion": "Local Authorization List Management",
+    "SendLocalList": "Local Authorization List Management",
+    "GetLocalListVersion": "Local Authorization List Management",
 }
 EXAMPLE_REQUESTS_201: dict[str, dict] = {
     "RequestStartTransaction": {"idToken": {"idToken": "USER-123", "type": "ISO14443"}, "remoteStartId": 1,

@@ -239,6 +239,17 @@ def schema_error_text(exc: fastjsonschema.JsonSchemaValueException) -> str:
     return exc.message.replace(exc.name or "", field, 1)
 
 
+# Which CALLERROR a failed schema rule gets, as OCPP-J 1.6 spells the codes (2.0.1 renames
+# some: levity/ocpp201/validation.py); any other rule is a PropertyConstraintViolation.
+RULE_TO_CODE = {
+    "type": "TypeConstraintViolation",
+    "required": "OccurenceConstraintViolation",
+    "additionalProperties": "OccurenceConstraintViolation",
+    "minItems": "OccurenceConstraintViolation",
+    "maxItems": "OccurenceConstraintViolation",
+}
+
+
 def check_direction(call: Call, handled: frozenset[str], defined: frozenset[str], not_sent: str,
                     not_defined: str) -> None:
     """NotSupported for an action of the version sent the wrong way (`not_sent`), NotImplemented

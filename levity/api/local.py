@@ -99,21 +99,19 @@ class LocalOperations:
                 result = await session.sender.call(action, payload, timeout)
             except Busy as exc:
                 return {"kind": "busy", "detail": str(exc)}
-        self._audit(charge_point_id, payload, requested_by, result)
+        self._audit(charge_point_id, payload, requested_by, result, version)
         return {"kind": "done", "result": result.to_dict()}
 
-    def _audit(self, charge_point_id: str, payload: dict, requested_by: str, result: CommandResult) -> None:
+    def _audit(self, charge_point_id: str, payload: dict, requested_by: str, result: CommandResult,
+               version: str) -> None:
         central = self.central
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"ocpp_version": version}
         if result.outcome != "result":
             extra["error_description"] = result.error_description
         if result.invalid_answer:
             extra["invalid_answer"] = True
         if not result.sent:
             extra["sent"] = False
-        session = central.sessions.get(charge_point_id)
-        if session is not None:
-            extra["ocpp_version"] = session.ocpp_version
         central.sink.emit(central.events.command(
             charge_point_id, action=result.action, unique_id=result.unique_id, requested_by=requested_by,
             request=payload, outcome=result.outcome, status=result.status, error_code=result.error_code,

@@ -22,7 +22,8 @@ from ocpp.v16.enums import Action
 from levity.audit.events import DEFAULT_MEASURAND, count_samples, new_event_id
 from levity.framing import CALLRESULT, Call, CallError, Reply, call_result as encode_result
 from levity.framing import parse_frame, response_payload, to_snake
-from levity.handling import RETRY_INTERVAL, Authorizer, CentralSystemContext, TokenBucket, _now  # noqa: F401 (re-exported)
+# Authorizer and CentralSystemContext are re-exported: callers of the 1.6 handlers import them here.
+from levity.handling import RETRY_INTERVAL, Authorizer, CentralSystemContext, TokenBucket, _now  # noqa: F401
 from levity.ocpp16.validation import check_action
 from levity.transactions import (abandoned_detail, abandoned_event, highest_register, meter_anomalies,
                                  register_above_stop, registers_in, repeated_stop_detail, stop_request)

@@ -28,8 +28,8 @@ from typing import Any, Callable
 import ocpp.v16
 from ocpp.v16.enums import Action
 
-from levity.framing import (Call, SchemaValidator, any_date_time, check_direction, compile_schema_file,
-                            is_rfc3339_date_time)
+from levity.framing import (RULE_TO_CODE, Call, SchemaValidator, any_date_time,
+                            check_direction, compile_schema_file, is_rfc3339_date_time)
 
 VERSION = "1.6"
 SUBPROTOCOL = "ocpp1.6"
@@ -45,13 +45,6 @@ ALL_16_ACTIONS = frozenset(a.value for a in Action)
 
 SCHEMA_DIR = Path(ocpp.v16.__file__).parent / "schemas"
 
-RULE_TO_CODE = {
-    "type": "TypeConstraintViolation",
-    "required": "OccurenceConstraintViolation",
-    "additionalProperties": "OccurenceConstraintViolation",
-    "minItems": "OccurenceConstraintViolation",
-    "maxItems": "OccurenceConstraintViolation",
-}
 
 
 def compile_schema(name: str, adjust: Callable[[dict], None] | None = None,

@@ -323,10 +323,11 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
     token = payload.get("idToken") or {}
     if known is not None and known.transaction.stopped:
         first = known.transaction
+        sent = meter_stop if meter_stop is not None else "none given"
         cs.ctx.sink.emit(events.anomaly(
             cs.id, "repeated_stop", first.id,
-            f"a second TransactionEvent Ended for station transaction {station_id!r} (meter_stop "
-            f"{meter_stop if meter_stop is not None else 'none given'}, first stop: {first.meter_stop}): not billed again",
+            f"a second TransactionEvent Ended for station transaction {station_id!r} (meter_stop {sent}, "
+            f"first stop: {first.meter_stop}): not billed again",
             first.stop_event_id, ocpp_version=VERSION, station_transaction_id=station_id))
         return
     extra: dict[str, Any] = {}

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import ocpp.v201
 from ocpp.v201.enums import Action
 
-from levity.framing import (Call, CallError, SchemaValidator, any_date_time, check_direction, compile_schema_file,
-                            is_rfc3339_date_time)
+from levity.framing import (RULE_TO_CODE, Call, CallError, SchemaValidator,
+                            any_date_time, check_direction, compile_schema_file, is_rfc3339_date_time)
 
 VERSION = "2.0.1"
 SUBPROTOCOL = "ocpp2.0.1"
@@ -35,15 +35,9 @@ ALL_201_ACTIONS = frozenset(a.value for a in Action)
 
 SCHEMA_DIR = Path(ocpp.v201.__file__).parent / "schemas"
 
-RULE_TO_CODE = {
-    "type": "TypeConstraintViolation",
-    "required": "OccurrenceConstraintViolation",
-    "additionalProperties": "OccurrenceConstraintViolation",
-    "minItems": "OccurrenceConstraintViolation",
-    "maxItems": "OccurrenceConstraintViolation",
-}
 # The 1.6 spellings the shared framing uses, as 2.0.1 spells them.
 CODES_201 = {"FormationViolation": "FormatViolation", "OccurenceConstraintViolation": "OccurrenceConstraintViolation"}
+RULE_TO_CODE_201 = {rule: CODES_201.get(code, code) for rule, code in RULE_TO_CODE.items()}
 
 
 def as_201(error: CallError) -> CallError:
@@ -78,7 +72,7 @@ INT64_MAX = 2**63 - 1
 class PayloadValidator(SchemaValidator):
     """Validates CALL payloads of charging station messages against the OCA 2.0.1 schemas."""
 
-    rule_codes = RULE_TO_CODE
+    rule_codes = RULE_TO_CODE_201
     nested_integers = False  # bounded in the schemas themselves (_bound_integers)
 
     def __init__(self, lenient_timestamps: bool = False):

@@ -183,7 +183,8 @@ async def test_transaction_survives_a_restart(levity):
     stops = await wait_for_audit(server, lambda r: r["event_type"] == "transaction_stop", count=2)
     starts = {r["station_transaction_id"]: r for r in audit_records(server) if r["event_type"] == "transaction_start"}
     stops = {r["station_transaction_id"]: r for r in stops}
-    assert stops["r-1"]["transaction_id"] == starts["r-1"]["transaction_id"] and stops["r-1"]["energy_delivered"] == 3000
+    assert stops["r-1"]["transaction_id"] == starts["r-1"]["transaction_id"]
+    assert stops["r-1"]["energy_delivered"] == 3000
     assert stops["r-2"]["transaction_id"] == starts["r-2"]["transaction_id"]
     assert stops["r-2"]["meter_stop"] == 2500 and stops["r-2"]["energy_delivered"] == 2450
     assert not any("unknown_transaction" in stop for stop in stops.values())
