@@ -398,7 +398,9 @@ class CentralSystem:
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         self.context.validator.compile(ChargePoint.routes())
-        self.context.validator_201.compile(ChargingStation.routes())
+        self.context.validator_201.compile(ocpp201.HOT_ACTIONS)
+        self._compile_in_background(self.context.validator_201,
+                                    set(ChargingStation.routes()) - set(ocpp201.HOT_ACTIONS))
         self.command_schemas.compile_all()
         try:
             await self.sink.start()
@@ -430,6 +432,20 @@ class CentralSystem:
 
             self.api_listener = await serve_api(settings, self.operations, TokenStore(self.store),
                                                 self.command_schemas)
+
+    @staticmethod
+    def _compile_in_background(validator, actions) -> None:
+        """One schema per turn of the event loop, so no charger waits behind more than one
+        (a schema still missing when its first call comes is compiled for that call)."""
+        pending = sorted(actions)
+        loop = asyncio.get_running_loop()
+
+        def step() -> None:
+            if pending:
+                validator.compile([pending.pop()])
+                loop.call_later(0.01, step)
+
+        loop.call_soon(step)
 
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
