@@ -35,6 +35,7 @@ from benchmarks.targets import (DEFAULT_TARGETS, TARGETS, ProcessTree, ServerPro
 MAX_CHARGERS = 20_000
 MAX_DURATION = 900.0
 ACTION_OF_KEY = {"StatusNotificationCharging": "StatusNotification", "TxMeterValues": "MeterValues"}
+EMITTED = 'levity_audit_events_total{state="emitted"}'  # in Levity's /metrics
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -285,8 +286,8 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             rss_per_connection_kb=round((rss_idle - rss_start) / connected / 1024, 1) if connected else None,
         )
         if spec.kind == "levity":
-            result["server_connected_metric"] = metrics_window.get("levity_connected_charge_points")
-            result["calls_throttled"] = metrics_window.get("levity_calls_throttled")
+            result["server_connected_metric"] = metrics_window.get('levity_connected_charge_points{ocpp_version="1.6"}')
+            result["calls_throttled"] = metrics_window.get("levity_calls_throttled_total")
 
         # Close the chargers, then the server (it flushes its audit events on SIGTERM).
         for _, conn in workers:
@@ -301,8 +302,9 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         exit_code = server.stop()
         result["server_exit_code"] = exit_code
         if spec.kind == "levity":
-            audit_stats = {name.removeprefix("levity_audit_"): value for name, value in metrics_final.items()
-                           if name.startswith("levity_audit_")}
+            audit_stats = {name.removeprefix('levity_audit_events_total{state="').removesuffix('"}'): value
+                           for name, value in metrics_final.items() if name.startswith("levity_audit_events_total")}
+            audit_stats["spooled"] = metrics_final.get("levity_audit_unacknowledged_events")
             audit = {"sink_stats": audit_stats}
             if receiver is not None:
                 delivered = _settle(receiver, audit_stats.get("emitted"))
@@ -312,8 +314,8 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
                     decode_errors=delivered["decode_errors"],
                     delivered_in_window=audit1 - audit0,
                     # Emitted but not yet at the receiver when the window closed (spooled, in flight).
-                    backlog_at_window_end=(int(metrics_window["levity_audit_emitted"]) - audit1
-                                           if "levity_audit_emitted" in metrics_window else None),
+                    backlog_at_window_end=(int(metrics_window[EMITTED]) - audit1
+                                           if EMITTED in metrics_window else None),
                     delivered_per_second=round((audit1 - audit0) / elapsed, 1),
                     receiver_cpu_percent=round((receiver_cpu1 - receiver_cpu0) / elapsed * 100, 1))
             else:

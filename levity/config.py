@@ -56,6 +56,37 @@ def _port(text: str) -> int:
     return value
 
 
+def _servers(text: str) -> tuple[tuple[str, int | None], ...]:
+    """FLUENTD_SERVERS: comma-separated host[:port] ([v6addr]:port for IPv6); port None = FLUENTD_PORT."""
+    if not text.strip():
+        raise ValueError("empty (unset it to use FLUENTD_HOST alone, or list host[:port],host[:port],...)")
+    entries = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            raise ValueError(f"empty entry in {text!r} (expected host[:port],host[:port],...)")
+        if item.startswith("["):
+            host, sep, rest = item[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError(f"malformed entry {item!r} (IPv6 is written [address]:port)")
+            port_text = rest[1:] if rest else None
+        elif item.count(":") == 1:
+            host, port_text = item.split(":")
+        elif ":" in item:
+            raise ValueError(f"malformed entry {item!r} (write an IPv6 address as [address]:port)")
+        else:
+            host, port_text = item, None
+        if not host or any(c.isspace() or c in "/@" for c in host):
+            raise ValueError(f"malformed host in {item!r}")
+        port = None
+        if port_text is not None:
+            if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+                raise ValueError(f"port out of range in {item!r} (expected 1-65535)")
+            port = int(port_text)
+        entries.append((host.lower(), port))
+    return tuple(entries)
+
+
 def _size(text: str) -> int:
     """Bytes from '512MB', '64k', '1g' or a plain number."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -192,6 +223,11 @@ class Settings:
                                 parse=_bool, metavar="BOOL")
     fluentd_host: str = opt("FLUENTD_HOST", "localhost", "Fluentd forward input host")
     fluentd_port: int = opt("FLUENTD_PORT", 24224, "Fluentd forward input port", parse=_port)
+    fluentd_servers: tuple = opt(
+        "FLUENTD_SERVERS", (),
+        "several Fluentd servers for failover, host[:port],host[:port] (port defaults to FLUENTD_PORT): "
+        "tried in order, the first one that acknowledges gets the events, the first is preferred again "
+        "once it is back. Replaces FLUENTD_HOST when set", parse=_servers, metavar="LIST")
     fluentd_timeout: float = opt("FLUENTD_TIMEOUT", 3.0, "seconds to connect or wait for an ack",
                                  parse=_positive_float)
     fluentd_tls: bool = opt("FLUENTD_TLS", False, "connect to Fluentd over TLS", parse=_bool, metavar="BOOL")
@@ -210,6 +246,25 @@ class Settings:
                                 "longest wait (s) before a batch of non-transaction events is written",
                                 parse=_positive_float)
     batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=_positive_int)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fluentd_servers, str):  # Settings(fluentd_servers="a,b:24225") in code and tests
+            try:
+                object.__setattr__(self, "fluentd_servers", _servers(self.fluentd_servers))
+            except ValueError as exc:
+                raise ConfigError(f"FLUENTD_SERVERS: {exc}") from None
+        servers = self.fluentd_server_list()
+        seen = set()
+        for server in servers:
+            if server in seen:
+                raise ConfigError(f"FLUENTD_SERVERS: duplicate entry {_host_port(*server)}")
+            seen.add(server)
+
+    def fluentd_server_list(self) -> list[tuple[str, int]]:
+        """The Fluentd servers in order of preference: FLUENTD_SERVERS, else FLUENTD_HOST alone."""
+        if not self.fluentd_servers:
+            return [(self.fluentd_host, self.fluentd_port)]
+        return [(host, port or self.fluentd_port) for host, port in self.fluentd_servers]
 
     def secret(self, name: str) -> bytes | None:
         """The value of a secret setting, from its variable or its *_file companion."""
@@ -231,6 +286,10 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = ("<set>" if value else None) if f.metadata["secret"] else value
         return out
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -61,7 +61,9 @@ def check_configuration(settings: Settings, report: Report) -> bytes | None:
         report.add("fluentd enabled", WARN, f"FLUENTD_ENABLED is false: `levity serve` sends audit events to "
                                             f"--audit-sink {settings.audit_sink}, not Fluentd (checked anyway)")
     else:
-        report.add("fluentd enabled", OK, f"events go to {settings.fluentd_host}:{settings.fluentd_port}")
+        servers = ", ".join(f"{host}:{port}" for host, port in settings.fluentd_server_list())
+        report.add("fluentd enabled", OK, f"events go to {servers}"
+                   + (" (in this order of preference)" if len(settings.fluentd_server_list()) > 1 else ""))
     shared_key = None
     try:
         shared_key = settings.secret("fluentd_shared_key")
@@ -149,31 +151,56 @@ def check_spool(settings: Settings, report: Report) -> None:
 # Fluentd -----------------------------------------------------------------------------------
 
 async def check_fluentd(settings: Settings, shared_key: bytes | None, report: Report) -> None:
-    from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, HandshakeError, encode_batch
-    from levity.audit.spool import SpooledEvent
+    """Each Fluentd server: reachable (TCP/TLS and handshake), then acknowledges a test event.
+    With several servers (FLUENTD_SERVERS) a failing one is a warning as long as another one
+    acknowledges: failover covers it."""
+    from levity.audit.forward import endpoints_from_settings
 
     try:
-        endpoint = Endpoint.from_settings(settings)
+        endpoints = endpoints_from_settings(settings)
     except (ConfigError, OSError, ValueError) as exc:
         report.add("fluentd reachable", FAIL, f"cannot build the connection settings: {exc}")
         return
+    if len(endpoints) == 1:
+        await check_server(settings, endpoints[0], shared_key, report, "")
+        return
+    working = []
+    for endpoint in endpoints:
+        server_report = Report()
+        if await check_server(settings, endpoint, shared_key, server_report, f" {endpoint.label}"):
+            working.append(endpoint.label)
+        for check in server_report.checks:
+            report.add(check.name, WARN if check.status == FAIL else check.status, check.detail)
+    if not working:
+        report.add("fluentd servers", FAIL, f"none of the {len(endpoints)} servers acknowledges: events stay in "
+                                            "the spool")
+    else:
+        report.add("fluentd servers", OK, f"{len(working)} of {len(endpoints)} acknowledge; events go to "
+                                          f"{working[0]}")
+
+
+async def check_server(settings: Settings, endpoint, shared_key: bytes | None, report: Report, suffix: str) -> bool:
+    """The checks of one server, named with `suffix`; True when it acknowledged the test event."""
+    from levity.audit.events import iso_utc
+    from levity.audit.forward import ForwardConnection, ForwardError, HandshakeError, encode_batch
+    from levity.audit.spool import SpooledEvent
+
     what = endpoint.describe() + (" with shared-key handshake" if shared_key else "")
     started = time.monotonic()
     try:
         conn = await ForwardConnection.open(endpoint)
     except HandshakeError as exc:
-        report.add("fluentd reachable", FAIL, f"connected, but the handshake failed: {exc}")
-        report.add("fluentd acknowledges", FAIL, "not tried (no connection)")
-        return
+        report.add("fluentd reachable" + suffix, FAIL, f"connected, but the handshake failed: {exc}")
+        report.add("fluentd acknowledges" + suffix, FAIL, "not tried (no connection)")
+        return False
     except ForwardError as exc:
-        report.add("fluentd reachable", FAIL, f"{exc} (is Fluentd running, with a forward source on this port?)")
-        report.add("fluentd acknowledges", FAIL, "not tried (no connection)")
-        return
-    report.add("fluentd reachable", OK, f"{what} in {1000 * (time.monotonic() - started):.0f} ms"
+        report.add("fluentd reachable" + suffix, FAIL,
+                   f"{exc} (is Fluentd running, with a forward source on this port?)")
+        report.add("fluentd acknowledges" + suffix, FAIL, "not tried (no connection)")
+        return False
+    report.add("fluentd reachable" + suffix, OK, f"{what} in {1000 * (time.monotonic() - started):.0f} ms"
                + (f" (server {conn.server_hostname})" if conn.server_hostname else ""))
     now = time.time_ns()
-    from levity.audit.events import iso_utc
-
     record = {"event_type": "doctor_probe", "charge_point_id": "levity-doctor", "timestamp": iso_utc(now),
               "event_id": uuid.uuid4().hex, "host": socket.gethostname()}
     tag = f"{settings.tag_prefix}.doctor"
@@ -181,14 +208,16 @@ async def check_fluentd(settings: Settings, shared_key: bytes | None, report: Re
     try:
         await conn.send(*encode_batch([SpooledEvent(tag, now, msgpack.packb(record))]))
     except HandshakeError as exc:
-        report.add("fluentd acknowledges", FAIL, str(exc))
+        report.add("fluentd acknowledges" + suffix, FAIL, str(exc))
     except ForwardError as exc:
-        report.add("fluentd acknowledges", FAIL, f"test event {tag} not acknowledged: {exc}")
+        report.add("fluentd acknowledges" + suffix, FAIL, f"test event {tag} not acknowledged: {exc}")
     else:
-        report.add("fluentd acknowledges", OK, f"test event {tag} (event_id {record['event_id']}) acknowledged "
-                                               f"in {1000 * (time.monotonic() - started):.0f} ms")
+        report.add("fluentd acknowledges" + suffix, OK, f"test event {tag} (event_id {record['event_id']}) "
+                                                        f"acknowledged in {1000 * (time.monotonic() - started):.0f} ms")
+        return True
     finally:
         conn.close()
+    return False
 
 
 # Profile -----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 from websockets.http11 import Request, Response
 
-from levity import __version__
+from levity import __version__, metrics
 from levity.api.local import LocalOperations
 from levity.audit.events import EventFactory, IdTagPolicy
 from levity.auth import (CredentialCache, FailureLimiter, certificate_common_name, parse_basic_auth,
@@ -135,7 +135,6 @@ class CentralSystem:
         self.reading_pauses: dict[str, int] = {}  # why a connection stopped reading -> times
         self._held: set[OcppConnection] = set()  # stopped while the spool is full (overflow=block)
         self._release_task: asyncio.Task | None = None
-        self.refused: dict[int, int] = {}  # HTTP status -> count, for /metrics
         self.ssl_context = self._ssl_context()
         self._server: asyncio.Server | None = None
         self.accepting_connections = True
@@ -201,7 +200,7 @@ class CentralSystem:
         response.headers["Server"] = f"Levity/{__version__}"
 
     def _refuse(self, connection: OcppConnection, status: HTTPStatus, text: str) -> Response:
-        self.refused[status.value] = self.refused.get(status.value, 0) + 1
+        metrics.record_refused(status.value)
         return connection.protocol.reject(status, text + "\n")
 
     async def _basic_auth_refusal(self, connection: OcppConnection, charge_point_id: str,
@@ -260,27 +259,39 @@ class CentralSystem:
         if path == "/health":
             return reject(HTTPStatus.OK, "ok\n")
         if path == "/metrics":
-            response = reject(HTTPStatus.OK, self.metrics_text())
-            response.headers["Content-Type"] = "text/plain; version=0.0.4"
+            self.refresh_metrics()
+            response = reject(HTTPStatus.OK, metrics.render().decode())
+            response.headers["Content-Type"] = metrics.CONTENT_TYPE
             return response
         return reject(HTTPStatus.UPGRADE_REQUIRED, "This is an OCPP-J endpoint: "
                       "connect with WebSocket to /<charge_point_id>\n")
 
-    def metrics_text(self) -> str:
-        lines = [
-            f'levity_info{{version="{__version__}"}} 1',
-            f"levity_connected_charge_points {len(self.sessions)}",
-        ]
-        for name, value in sorted(self.sink.stats().items()):
-            lines.append(f"levity_audit_{name} {value}")
-        for status, count in sorted(self.refused.items()):
-            lines.append(f'levity_handshakes_refused{{status="{status}"}} {count}')
-        lines.append(f"levity_calls_throttled {self.context.throttled}")
-        for kind, count in sorted(self.events.anomalies.items()):
-            lines.append(f'levity_anomalies{{kind="{kind}"}} {count}')
-        lines.extend(self._limit_lines())
-        lines += self.operations.metrics_lines()
-        return "\n".join(lines) + "\n"
+    def refresh_metrics(self) -> None:
+        """Set the state gauges from this process' state, before a scrape (levity/metrics.py).
+        Never raises: a scrape during shutdown (database closed) gets the last values."""
+        try:
+            by_version: dict[str, int] = {}
+            for session in self.sessions.values():
+                version = (session.connection.subprotocol or SUBPROTOCOL).removeprefix("ocpp")
+                by_version[version] = by_version.get(version, 0) + 1
+            try:
+                active = self.store.open_transaction_count()
+            except sqlite3.Error:
+                active = None
+            fluentd = self.settings.fluentd_enabled
+            servers = getattr(getattr(self.sink, "servers", None), "servers", None) if fluentd else None
+            metrics.set_state(
+                connected_by_version=by_version, transactions_active=active, audit_stats=self.sink.stats(),
+                fluentd_servers={server.endpoint.label: bool(server.up) for server in servers or ()},
+                spool_limit_bytes=self.settings.spool_max_bytes if fluentd else None,
+                calls_throttled=self.context.throttled)
+            metrics.set_anomalies(self.events.anomalies)
+            metrics.set_commands(self.operations.commands)
+            # Per-connection bounds, authentication limits, per-Fluentd-server delivery: kept as
+            # plain values by their modules and published under their own names.
+            metrics.set_plain_lines(self._limit_lines() + getattr(self.sink, "metric_lines", list)())
+        except Exception:  # noqa: BLE001 - metrics must not break the endpoint that serves them
+            log.exception("metrics: refreshing the gauges failed")
 
     def _limit_lines(self) -> list[str]:
         """Per-connection bounds, what they hold now, and the authentication limits."""
@@ -398,6 +409,7 @@ class CentralSystem:
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         self.context.validator.compile(ChargePoint.routes())
+        metrics.set_known_actions({*ChargePoint.routes(), *ChargingStation.routes()})
         self.context.validator_201.compile(ocpp201.HOT_ACTIONS)
         self._compile_in_background(self.context.validator_201,
                                     set(ChargingStation.routes()) - set(ocpp201.HOT_ACTIONS))

@@ -443,6 +443,9 @@ class Store:
             "SELECT value, unit FROM meter_values WHERE transaction_id = ? AND charge_point_id = ? "
             "AND measurand = 'Energy.Active.Import.Register'", (transaction_id, charge_point_id)).fetchall()
 
+    def open_transaction_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM transactions WHERE stopped_at IS NULL").fetchone()[0]
+
     # Meter values --------------------------------------------------------------------------
 
     def add_meter_values(self, charge_point_id: str, connector_id: int, transaction_id: int | None,

@@ -11,8 +11,9 @@ State is partitioned the same way: worker k of N keeps its own SQLite file
 (`levity.shard<k>-of-<N>.db`) and audit spool (`<spool>/shard<k>-of-<N>/`), issues transaction
 ids congruent to k+1 modulo N (unique across workers), and delivers its own events. Because
 the id -> worker mapping depends on N, Levity refuses to start when the files on disk were
-made with another number of workers. The supervisor answers /health and /metrics (counters
-summed over the workers) and restarts a worker that dies.
+made with another number of workers. The supervisor answers /health and /metrics (the workers'
+metrics merged from their files, prometheus_client's multiprocess mode: levity/metrics.py) and
+restarts a worker that dies.
 
 The operator API (levity/api/) listens in the supervisor: it checks tokens (in the unsharded
 database, which holds nothing else then), validates the request, and forwards it over the same
@@ -45,9 +46,10 @@ import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from levity import __version__
+from levity import __version__, metrics
 from levity.commands import Unavailable
 from levity.config import ConfigError, Settings, StartupError
+from levity.metrics import WorkerMetrics
 
 log = logging.getLogger("levity.workers")
 
@@ -217,9 +219,10 @@ def restart_delay(failures_in_a_row: int) -> float:
 class Worker:
     """One worker process and the channel that hands it connections."""
 
-    def __init__(self, settings: Settings, index: int):
+    def __init__(self, settings: Settings, index: int, environment: dict[str, str] | None = None):
         self.settings = settings
         self.index = index
+        self.environment = environment
         self.process: subprocess.Popen | None = None
         self.channel: socket.socket | None = None
         self.restarts = -1
@@ -241,7 +244,7 @@ class Worker:
         # Settings travel on stdin, so secrets given as flags never show in the process list.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "levity.workers", str(theirs.fileno()), str(self.index)],
-            stdin=subprocess.PIPE, pass_fds=[theirs.fileno()])
+            stdin=subprocess.PIPE, pass_fds=[theirs.fileno()], env=self.environment)
         self.process.stdin.write(json.dumps(dataclasses.asdict(self.settings)).encode())
         self.process.stdin.close()
         theirs.close()
@@ -305,7 +308,9 @@ class Worker:
             raise WorkerUnavailable(f"worker {self.index} failed: {answer['error']}")
         return answer["result"]
 
-    async def metrics(self, timeout: float = 2.0) -> str | None:
+    async def refresh_metrics(self, timeout: float = 2.0) -> str | None:
+        """Ask the worker to bring its gauges up to date; None when it cannot (its files keep
+        the values it wrote last)."""
         try:
             return await self.request("metrics", timeout=timeout)
         except WorkerUnavailable:
@@ -364,7 +369,8 @@ class WorkerOperations:
 class Supervisor:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.workers = [Worker(settings, i) for i in range(settings.workers)]
+        self.metrics = WorkerMetrics(self._worker_counts)
+        self.workers = [Worker(settings, i, self.metrics.worker_environment()) for i in range(settings.workers)]
         self.listener: socket.socket | None = None
         self.stopping = False
         self._tasks: set[asyncio.Task] = set()
@@ -446,26 +452,21 @@ class Supervisor:
             status, body, kind = ("200 OK", "ok\n", "text/plain") if alive else \
                 ("503 Service Unavailable", "a worker is down\n", "text/plain")
         else:
-            status, body, kind = "200 OK", await self.metrics_text(), "text/plain; version=0.0.4"
-        data = body.encode()
+            status, body, kind = "200 OK", await self.metrics_text(), metrics.CONTENT_TYPE
+        data = body if isinstance(body, bytes) else body.encode()
         await loop.sock_sendall(sock, (
             f"HTTP/1.1 {status}\r\nServer: Levity/{__version__}\r\nContent-Type: {kind}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
 
-    async def metrics_text(self) -> str:
-        """The workers' metrics summed by name and labels (levity_info once)."""
-        replies = await asyncio.gather(*(w.metrics() for w in self.workers))
-        totals: dict[str, float] = {}
-        for text in replies:
-            for line in (text or "").splitlines():
-                name, _, value = line.rpartition(" ")
-                if name and not name.startswith("levity_info"):
-                    totals[name] = totals.get(name, 0.0) + float(value)
-        lines = [f'levity_info{{version="{__version__}"}} 1', f"levity_workers {len(self.workers)}",
-                 f"levity_workers_up {sum(text is not None for text in replies)}",
-                 f"levity_worker_restarts {sum(w.restarts for w in self.workers)}"]
-        lines += [f"{name} {int(v) if v.is_integer() else v}" for name, v in sorted(totals.items())]
-        return "\n".join(lines) + "\n"
+    def _worker_counts(self) -> tuple[int, int, int]:
+        up = sum(w.alive and w.channel is not None for w in self.workers)
+        return len(self.workers), up, sum(w.restarts for w in self.workers)
+
+    async def metrics_text(self) -> bytes:
+        """The workers' metrics merged from their files, after each running worker refreshed
+        its gauges (one that does not answer in time is shown with its last values)."""
+        await asyncio.gather(*(w.refresh_metrics() for w in self.workers))
+        return await asyncio.get_running_loop().run_in_executor(None, self.metrics.render)
 
     async def _watch(self) -> None:
         """Restart a worker that died; its chargers reconnect to the new one. One that keeps
@@ -483,6 +484,7 @@ class Supervisor:
                     delay = restart_delay(worker.failures_in_a_row)
                     worker.restart_at = now + delay
                     worker.close_channel()
+                    self.metrics.worker_died(worker.process.pid)
                     log.error("worker %d exited with %s after %.1fs: restarting it in %.0fs%s", worker.index,
                               worker.process.returncode, ran, delay,
                               f" ({worker.failures_in_a_row} failures in a row)" if worker.failures_in_a_row > 1 else "")
@@ -576,19 +578,22 @@ def _is_upgrade(head: bytes) -> bool:
 async def _supervise(settings: Settings) -> int:
     supervisor = Supervisor(settings)
     try:
-        await supervisor.start()
-    except StartupError as exc:
-        log.error("%s", exc)
-        await supervisor.stop()
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, supervisor.signal_workers, signal.SIGHUP)
-    await stop.wait()
-    log.info("shutting down %d workers", len(supervisor.workers))
-    return await supervisor.stop()
+        try:
+            await supervisor.start()
+        except StartupError as exc:
+            log.error("%s", exc)
+            await supervisor.stop()
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, supervisor.signal_workers, signal.SIGHUP)
+        await stop.wait()
+        log.info("shutting down %d workers", len(supervisor.workers))
+        return await supervisor.stop()
+    finally:
+        supervisor.metrics.close()
 
 
 def run_supervisor(settings: Settings) -> int:
@@ -659,8 +664,9 @@ class ConnectionChannel:
     async def _answer(self, request_id: int, request: dict) -> None:
         """Answer one request of the supervisor, under its id (answers may overtake each other)."""
         try:
-            if request["op"] == "metrics":
-                answer = {"result": self.central.metrics_text()}
+            if request["op"] == "metrics":  # bring the gauges in the metrics files up to date
+                self.central.refresh_metrics()
+                answer = {"result": "ok"}
             else:
                 answer = {"result": await self.central.operations.handle(request["op"], request["args"])}
         except Exception as exc:  # noqa: BLE001 - reported to the supervisor, which answers 503

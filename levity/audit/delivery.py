@@ -13,8 +13,9 @@
   PackedForward messages (one per run of consecutive events with the same tag, so the
   emission order is kept across tags) and advances the cursor only when every message of the
   batch is acknowledged. Any failure (refused, closed, no ack within FLUENTD_TIMEOUT) closes
-  the connection; the sender reconnects with capped exponential backoff and resends from the
-  cursor, in order. Delivery is at-least-once: a resent event carries the same `event_id`.
+  the connection; the sender goes on with the next server of FLUENTD_SERVERS (failover.py
+  decides which, with capped exponential backoff per server) and resends from the cursor, in
+  order. Delivery is at-least-once: a resent event carries the same `event_id`.
 - close(timeout) stops accepting, writes and fsyncs what is pending, sends what Fluentd
   acknowledges before the deadline, and leaves the rest in the spool for the next start.
 """
@@ -23,18 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from levity.audit.events import AuditEvent
-from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch
+from levity.audit.failover import PROBE_INTERVAL, ServerPool
+from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch, endpoints_from_settings
 from levity.audit.spool import Spool, encode_frame
 from levity.config import Settings
 
 log = logging.getLogger(__name__)
 
-BACKOFF_INITIAL = 0.2
+BACKOFF_INITIAL = 0.2  # per server (failover.ServerPool)
 BACKOFF_MAX = 5.0
 DROP_TICK_SECONDS = 5.0
 
@@ -42,17 +43,16 @@ DROP_TICK_SECONDS = 5.0
 class ForwardSink:
     """AuditSink delivering to Fluentd through the spool (FLUENTD_ENABLED=true)."""
 
-    def __init__(self, settings: Settings, *, endpoint: Endpoint | None = None,
+    def __init__(self, settings: Settings, *, endpoints: list[Endpoint] | None = None,
                  backoff_initial: float = BACKOFF_INITIAL, backoff_max: float = BACKOFF_MAX,
-                 segment_bytes: int | None = None):
+                 probe_interval: float = PROBE_INTERVAL, segment_bytes: int | None = None):
         self.settings = settings
-        self.endpoint = endpoint or Endpoint.from_settings(settings)
+        self.servers = ServerPool(endpoints or endpoints_from_settings(settings), backoff_initial=backoff_initial,
+                                  backoff_max=backoff_max, probe_interval=probe_interval)
         self.spool = Spool(settings.spool_dir, settings.spool_max_bytes, settings.spool_overflow,
                            segment_bytes=segment_bytes)
         self.flush_interval = settings.flush_interval
         self.batch_size = max(1, settings.batch_size)
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
         self._io: ThreadPoolExecutor | None = None
         # Events wait here as their spool frames: bytes, which the garbage collector does not
         # track (event objects held for a flush interval were a large part of its work).
@@ -66,6 +66,9 @@ class ForwardSink:
         self._flusher: asyncio.Task | None = None
         self._sender: asyncio.Task | None = None
         self._conn: ForwardConnection | None = None
+        self._active = 0  # index of the server self._conn talks to
+        self._probe: asyncio.Task | None = None  # connecting to a preferred server while another has the events
+        self._degraded = False  # a less preferred server has had the events since the first acknowledged again
         self._started = False
         self._closing = False
         self._failing_since: float | None = None
@@ -97,7 +100,7 @@ class ForwardSink:
         self._tasks = [self._flusher, self._sender, asyncio.create_task(self._tick_loop(), name="audit-drop-report")]
         self._started = True
         log.info("audit delivery to Fluentd at %s (spool %s, bound %d bytes, overflow %s)",
-                 self.endpoint.describe(), self.settings.spool_dir, self.settings.spool_max_bytes,
+                 self.servers.describe(), self.settings.spool_dir, self.settings.spool_max_bytes,
                  self.settings.spool_overflow)
 
     def emit(self, event: AuditEvent) -> None:
@@ -158,6 +161,9 @@ class ForwardSink:
             "fluentd_connected": int(self.connected),
         }
 
+    def metric_lines(self) -> list[str]:
+        return self.servers.metric_lines()
+
     async def close(self, timeout: float) -> None:
         if not self._started or self._closing:
             self._closing = True
@@ -177,10 +183,7 @@ class ForwardSink:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self.connected = False
+        self._disconnect()
         left = self.spool.depth_events
         await loop.run_in_executor(self._io, self.spool.close)
         self._io.shutdown(wait=True)
@@ -255,31 +258,38 @@ class ForwardSink:
                 raise
             except Exception:  # noqa: BLE001 - a bug or a disk error must not end delivery for good
                 log.exception("audit sender: unexpected error; restarting from the acknowledged cursor in 1s")
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-                self.connected = False
+                self._disconnect()
                 await asyncio.sleep(1.0)
+
+    def _disconnect(self) -> None:
+        if self._probe is not None:
+            if self._probe.done():
+                _close_probed(self._probe)
+            else:
+                self._probe.cancel()
+                self._probe.add_done_callback(_close_probed)
+            self._probe = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.servers.active = None
+        self.connected = False
 
     async def _send_until_error(self) -> None:
         loop = asyncio.get_running_loop()
-        backoff = self.backoff_initial
         pos = None  # None: from the acknowledged cursor
         acked = None  # end of a batch Fluentd acknowledged, for the spool (in the next read's hop)
         while True:
             if self._conn is None or not self._conn.usable:
-                if self._conn is not None:
-                    self._conn.close()
-                    self._conn = None
-                    self.connected = False
-                try:
-                    self._conn = await ForwardConnection.open(self.endpoint)
-                    self.connected = True
-                except ForwardError as exc:
-                    self._failed(exc, sent=0)
-                    await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                    backoff = min(backoff * 2, self.backoff_max)
+                if self._conn is not None:  # Fluentd closed an idle connection: nothing was lost
+                    self._disconnect()
+                opened = await self.servers.connect()
+                if opened is None:
+                    self._all_down()
+                    await asyncio.sleep(self.servers.seconds_until_retry())
                     continue
+                self._switch_to(*opened)
+            self._switch_back_when_preferred_is_up()
             self._data.clear()
             count, end, data, chunk = await loop.run_in_executor(self._io, self._read_encoded, acked, pos)
             acked = None
@@ -289,29 +299,70 @@ class ForwardSink:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            if not self._conn.usable:  # Fluentd closed an idle connection: reconnect, nothing was lost
+            if not self._conn.usable:  # closed while idle: reconnect and send this batch there
                 continue
             try:
                 await self._conn.send(data, chunk)
             except ForwardError as exc:
                 self.send_failures += 1
                 self.replayed += count
+                # Logged when a working server fails, not again while it keeps failing (a server
+                # that accepts but never acknowledges is retried by every probe), nor during an
+                # outage of every server (logged once by _all_down).
+                worked = self.servers.servers[self._active].last_error is None
+                self.servers.failed(self._active, exc)
                 self._conn.close()
                 self._conn = None
                 self.connected = False
-                pos = None  # resend from the cursor
-                self._failed(exc, sent=count)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, self.backoff_max)
+                pos = None  # resend from the cursor, to the next server
+                self.last_error = str(exc)
+                log.log(logging.WARNING if worked and self._failing_since is None else logging.DEBUG,
+                        "Fluentd at %s failed: %s; %d unacknowledged event(s) are re-sent from the spool%s",
+                        self.servers.servers[self._active].endpoint.describe(), exc, count,
+                        " to the next server" if len(self.servers.servers) > 1 else "")
                 continue
             self.acknowledged += count
+            self.servers.acknowledged(self._active, count)
+            if self._degraded and self._active == 0:
+                self._degraded = False
+                log.info("audit events go to the preferred Fluentd at %s again", self._conn.endpoint.describe())
             pos = acked = end
-            backoff = self.backoff_initial
             if self._failing_since is not None:
                 log.info("Fluentd at %s acknowledges events again (after %.1fs); replaying %d spooled event(s)",
-                         self.endpoint.describe(), time.monotonic() - self._failing_since, self.spool.depth_events)
+                         self._conn.endpoint.describe(), time.monotonic() - self._failing_since,
+                         self.spool.depth_events)
                 self._failing_since = None
-                self.last_error = None
+            self.last_error = None
+
+    def _switch_to(self, index: int, conn: ForwardConnection) -> None:
+        self._active, self._conn = index, conn
+        self.servers.active = index
+        self.connected = True
+        if index > 0 and not self._degraded:  # once until the preferred server acknowledges again
+            self._degraded = True
+            log.warning("audit events go to Fluentd at %s (server %d of %d) until a preferred one is back",
+                        conn.endpoint.describe(), index + 1, len(self.servers.servers))
+
+    def _switch_back_when_preferred_is_up(self) -> None:
+        """Between two batches (nothing in flight): move to a preferred server the background
+        probe reached, or start such a probe when one is due."""
+        if self._probe is not None and self._probe.done():
+            probe, self._probe = self._probe, None
+            opened = None if probe.cancelled() or probe.exception() else probe.result()
+            if opened is not None:
+                self._conn.close()
+                log.debug("Fluentd at %s answers again: trying it with the next batch", opened[1].endpoint.describe())
+                self._switch_to(*opened)
+        elif self._probe is None and self.servers.probe_due(self._active):
+            self._probe = asyncio.create_task(self.servers.connect(below=self._active), name="audit-forward-probe")
+
+    def _all_down(self) -> None:
+        """Log an outage of every server once when it starts; it is logged again only when it clears."""
+        self.last_error = self.servers.errors()
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("no Fluentd server available (%s). Events are kept in the spool %s and sent when one is "
+                      "back (logged again when it recovers)", self.last_error, self.settings.spool_dir)
 
     def _read_encoded(self, acked, pos):
         """On the I/O thread, in one hop (under load every await of the event loop is a long one):
@@ -324,12 +375,8 @@ class ForwardSink:
         data, chunk = encode_batch(batch.events) if batch.events else (b"", "")
         return len(batch.events), batch.end, data, chunk
 
-    def _failed(self, exc: ForwardError, sent: int) -> None:
-        """Log a delivery failure once when it starts; it is logged again only when it clears."""
-        self.last_error = str(exc)
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error("Fluentd at %s unavailable: %s. Events are kept in the spool %s and sent when it is back "
-                      "(logged again when it recovers)", self.endpoint.describe(), exc, self.settings.spool_dir)
-        else:
-            log.debug("Fluentd still unavailable: %s", exc)
+
+def _close_probed(task: asyncio.Task) -> None:
+    """A probe cancelled after it connected: close what it opened."""
+    if not task.cancelled() and task.exception() is None and task.result() is not None:
+        task.result()[1].close()

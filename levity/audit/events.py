@@ -1,4 +1,4 @@
-"""The audit event contract of shared/spec/audit-events.md, in exactly one place.
+"""The audit event contract (docs/audit-events.md), in exactly one place.
 
 Handlers call the builders below; the sinks ship what they return; the tests compare
 against SPEC_FIELDS. Field names and types here are a public contract: add, never rename.

@@ -57,14 +57,28 @@ class Endpoint:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Endpoint":
-        return cls(
-            host=settings.fluentd_host, port=settings.fluentd_port, timeout=settings.fluentd_timeout,
-            ssl_context=ssl_context_from(settings), server_hostname=settings.fluentd_host if settings.fluentd_tls else None,
-            shared_key=settings.secret("fluentd_shared_key"), self_hostname=settings.fluentd_self_hostname,
-        )
+        """The first (preferred) server; endpoints_from_settings gives all of them."""
+        return endpoints_from_settings(settings)[0]
+
+    @property
+    def label(self) -> str:
+        """host:port, as metrics and logs name the server."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def describe(self) -> str:
-        return f"{'tls' if self.ssl_context else 'tcp'}://{self.host}:{self.port}"
+        return f"{'tls' if self.ssl_context else 'tcp'}://{self.label}"
+
+
+def endpoints_from_settings(settings: Settings) -> list[Endpoint]:
+    """One Endpoint per Fluentd server, in order of preference (FLUENTD_SERVERS, else FLUENTD_HOST).
+    TLS and the shared key apply to every server; TLS checks each one's certificate against its
+    own host name."""
+    context = ssl_context_from(settings)
+    shared_key = settings.secret("fluentd_shared_key")
+    return [Endpoint(host=host, port=port, timeout=settings.fluentd_timeout, ssl_context=context,
+                     server_hostname=host if settings.fluentd_tls else None, shared_key=shared_key,
+                     self_hostname=settings.fluentd_self_hostname)
+            for host, port in settings.fluentd_server_list()]
 
 
 def ssl_context_from(settings: Settings) -> ssl.SSLContext | None:

@@ -361,6 +361,13 @@ def _check_plugin(section: Section, kind: str, issues: list[LintIssue], context:
     if plugin_type == "elasticsearch" and section.get("type_name") is not None:
         issues.append(LintIssue(section.line_of("type_name"),
                                 "type_name is deprecated (Elasticsearch 7+ has no mapping types)"))
+    if plugin_type == "elasticsearch" and section.get("id_key") is None:
+        issues.append(LintIssue(section.line, "elasticsearch output without id_key: an event sent again after "
+                                              "an outage is stored twice (use id_key event_id)"))
+    if plugin_type == "s3" and not any(unique in (section.get("s3_object_key_format") or "")
+                                       for unique in ("${chunk_id}", "%{uuid_flush}", "%{hex_random}")):
+        issues.append(LintIssue(section.line, "s3 object keys without ${chunk_id}: flush threads writing at "
+                                              "once overwrite each other's objects"))
 
 
 def _check_output(section: Section, plugin_type: str, issues: list[LintIssue], context: dict) -> None:

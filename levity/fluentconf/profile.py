@@ -16,8 +16,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from levity.fluentconf import schema
-from levity.fluentconf.units import (duration_seconds, has_tag_placeholder, has_time_placeholder, tag_pattern_covers,
-                                     time_granularity)
+from levity.fluentconf.sizing import apply_sizing, total_disk
+from levity.fluentconf.units import (duration_seconds, has_tag_placeholder, has_time_placeholder, size_bytes,
+                                     tag_pattern_covers, time_granularity)
 from levity.resources import resource_dir
 
 SHIPPED_NAME = r"^[a-z][a-z0-9_-]*$"
@@ -222,8 +223,24 @@ def load_profile(path: str | Path) -> Profile:
     if problems:
         raise _combine(problems)
     profile = Profile(name=path.stem, label=header_label, chain=chain, doc=doc, filters=filters, outputs=outputs)
+    _apply_sizing(profile, label)
     _check(profile, raw, label)
     return profile
+
+
+def _apply_sizing(profile: Profile, label: str) -> None:
+    """Buffer limits from `sizing` (levity/fluentconf/sizing.py), checked against sizing.max_disk."""
+    sizing = profile.doc.sizing
+    applied = apply_sizing(profile.outputs, sizing)
+    if not applied or sizing.max_disk is None:
+        return
+    needed = total_disk(profile.outputs)
+    if needed > size_bytes(sizing.max_disk):
+        parts = ", ".join(f"{o.name} {o.buffer.total_limit_size}" for o in profile.outputs
+                          if o.buffer is not None and o.buffer.type == "file" and o.buffer.total_limit_size)
+        raise ProfileError(label, "sizing.max_disk", f"{sizing.max_disk}, less than the {needed // (1 << 20)}m the "
+                           f"file buffers need ({parts})", "at least that much disk, or a lower sizing.rate, "
+                           "sizing.survive or sizing.event_size")
 
 
 def _typed_items(items: list[dict], key: str, types_: dict[str, type[BaseModel]], label: str) -> list:

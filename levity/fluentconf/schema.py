@@ -284,6 +284,9 @@ class Buffer(Strict):
     retry_forever: bool | None = None
     retry_timeout: Duration | None = None
     retry_max_times: Annotated[int, Field(ge=0)] | None = None
+    # With the profile's `sizing`: the fraction of the event rate this output receives (billing
+    # gets only the transaction events). Not a Fluentd parameter: used by the sizing only.
+    share: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     @field_validator("chunk_keys")
     @classmethod
@@ -365,6 +368,10 @@ class ElasticsearchOutput(OutputBase):
     include_tag_key: bool = True
     tag_key: RecordKey = "@log_name"
     default_elasticsearch_version: Literal[7, 8] = 8
+    # Idempotent writes: the document _id is the event's event_id, so an event Levity or
+    # Fluentd sends again after an outage overwrites its first copy instead of doubling it.
+    id_key: RecordKey = "event_id"
+    write_operation: Literal["index", "create"] = "index"
     ssl_verify: bool | None = None
     ca_file: AbsPath | None = None
     request_timeout: Duration | None = None
@@ -471,6 +478,36 @@ OUTPUT_TYPES: dict[str, type[OutputBase]] = {
 }
 
 
+def _rate(value: Any) -> Any:
+    """Events per second: 5000, 5000.5, "5000/s" or "5000 events/s"."""
+    if isinstance(value, str):
+        match = re.match(r"^\s*(\d+(?:\.\d+)?)\s*(?:events?\s*)?(?:/\s*s(?:ec(?:ond)?)?)?\s*$", value)
+        if match:
+            value = float(match.group(1))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+        raise ValueError('expected a positive number of events per second, like 5000 or "5000 events/s"')
+    return float(value)
+
+
+class Sizing(Strict):
+    """What the file buffers must hold: the generator computes their limits from it (sizing.py)."""
+
+    rate: Annotated[float, BeforeValidator(_rate)]  # events per second at peak
+    survive: Duration  # the outage of a destination the buffers hold without losing events
+    event_size: Size = "1k"  # average size of one event in a buffer chunk (JSON with metadata)
+    catch_up: Duration | None = None  # drain the backlog within this after the outage (default: survive)
+    write_time: Duration = "1s"  # how long one chunk write to the destination takes
+    headroom: Annotated[float, Field(ge=1, le=10)] = 1.5
+    max_disk: Size | None = None  # refuse a profile whose sized buffers need more disk than this
+
+    @field_validator("survive")
+    @classmethod
+    def _not_zero(cls, value: str) -> str:
+        if value.startswith("0") and value.rstrip("smhd") == "0":
+            raise ValueError("expected a duration longer than 0, like 2h")
+        return value
+
+
 class Route(Strict):
     match: TagPattern
     outputs: Annotated[list[Name], Field(min_length=1)]
@@ -492,6 +529,7 @@ class ProfileDoc(Strict):
     directories: Directories = Directories()
     sources: Sources = Sources()
     monitoring: Monitoring = Monitoring()
+    sizing: Sizing | None = None
     filters: list[dict[str, Any]] = []
     outputs: Annotated[list[dict[str, Any]], Field(min_length=1)]
     routes: Annotated[list[Route], Field(min_length=1)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from ocpp.v16 import call_result
 from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action
 
+from levity import metrics
 from levity.audit.events import DEFAULT_MEASURAND, count_samples, new_event_id
 from levity.framing import CALLRESULT, Call, CallError, Reply, call_result as encode_result
 from levity.framing import parse_frame, response_payload, to_snake
@@ -63,13 +65,14 @@ class ChargePoint(OcppChargePoint):
     # Framing: every frame gets the answer OCPP-J names; nothing a charger sends stops the loop.
 
     async def handle_frame(self, raw: str | bytes) -> None:
+        received = time.perf_counter()
         wait = self._bucket.delay()
         if wait:
             self.ctx.throttled += 1
             await asyncio.sleep(wait)
-        await self.route_message(raw)
+        await self.route_message(raw, received)
 
-    async def route_message(self, raw: str | bytes) -> None:
+    async def route_message(self, raw: str | bytes, received: float | None = None) -> None:
         try:
             frame = parse_frame(raw)
         except CallError as error:
@@ -79,7 +82,10 @@ class ChargePoint(OcppChargePoint):
         if isinstance(frame, Reply):
             self._take_reply(frame)
             return
-        await self._send(await self.answer(frame))
+        answer = await self.answer(frame)
+        await self._send(answer)
+        metrics.record_call(frame.action, answer.startswith("[4"),  # a CALLERROR frame: [4, ...
+                            time.perf_counter() - (received or time.perf_counter()))
 
     async def answer(self, call: Call) -> str:
         """The CALLRESULT or CALLERROR frame for one CALL."""
@@ -238,6 +244,7 @@ class ChargePoint(OcppChargePoint):
             energy = meter_stop - known.meter_start  # kept as sent, even when negative (flagged below)
             store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now(),
                                    event_id=event_id, request=sent)
+            metrics.record_energy(energy)
             if transaction_data:
                 store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
             if known.abandoned_at is not None:

@@ -14,9 +14,12 @@ store, anomalies, `await sink.emit_durable(event)`, `store.commit()`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
+from levity import metrics
 from levity.audit.events import DEFAULT_MEASURAND, new_event_id
 from levity.framing import Call, CallError, Reply, call_result as encode_result, parse_frame
 from levity.handling import RETRY_INTERVAL, CentralSystemContext, TokenBucket, _now
@@ -105,10 +108,9 @@ class ChargingStation:
     # Framing --------------------------------------------------------------------------------
 
     async def handle_frame(self, raw: str | bytes) -> None:
+        received = time.perf_counter()
         wait = self._bucket.delay()
         if wait:
-            import asyncio
-
             self.ctx.throttled += 1
             await asyncio.sleep(wait)
         try:
@@ -121,7 +123,9 @@ class ChargingStation:
         if isinstance(frame, Reply):
             log.warning("%s: ignored a reply to no pending call (unique id %s)", self.id, frame.unique_id[:36])
             return
-        await self._connection.send(await self.answer(frame))
+        answer = await self.answer(frame)
+        await self._connection.send(answer)
+        metrics.record_call(frame.action, answer.startswith("[4"), time.perf_counter() - received)
 
     async def answer(self, call: Call) -> str:
         try:
@@ -350,6 +354,8 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
         store.add_meter_values(cs.id, (payload.get("evse") or {}).get("id") or 0, transaction_id,
                                as_16_meter_values(meter_value))
     energy = meter_stop - meter_start if meter_stop is not None and meter_start is not None else None
+    if energy is not None:
+        metrics.record_energy(energy)
     request = {"meter_stop": meter_stop, "timestamp": timestamp, "reason": info.get("stoppedReason"),
                "id_tag": token.get("idToken"), "transaction_data_entries": len(meter_value or ())}
     store.stop_transaction(transaction_id, meter_stop, timestamp, reason, token.get("idToken"), now,

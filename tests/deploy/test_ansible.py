@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 INVENTORIES = ["dev", "staging", "production"]
 PLAYBOOKS = sorted(p.name for p in (ROOT / "playbooks").glob("*.yml"))
-ROLES = ["levity", "fluentd", "elasticsearch", "kibana"]
+ROLES = ["levity", "fluentd", "elasticsearch", "kibana", "prometheus"]
 TEST_VAULT_PASSWORD = Path(__file__).with_name("vault-password.test-only")
 
 
@@ -66,7 +66,7 @@ def test_syntax_check(inventory, playbook):
 def test_site_imports_every_part():
     site = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
     assert {play["ansible.builtin.import_playbook"] for play in site} == {
-        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml"}
+        "levity.yml", "fluentd.yml", "elasticsearch.yml", "kibana.yml", "prometheus.yml"}
 
 
 @pytest.mark.parametrize("inventory", INVENTORIES)
@@ -139,7 +139,7 @@ def test_filter_renders_exactly_what_the_generator_renders():
         info = levity_fluentd.levity_fluentd_profile_info(name)
         assert info["problems"] == []
     production = levity_fluentd.levity_fluentd_profile_info("production")
-    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-s3"]
+    assert production["gems"] == ["fluent-plugin-elasticsearch", "fluent-plugin-prometheus", "fluent-plugin-s3"]
     assert "FLUENTD_SHARED_KEY" in production["environment"]
     assert "/etc/fluent/tls/fluentd.key" in production["files"]
     from ansible.errors import AnsibleFilterError

@@ -36,6 +36,8 @@ def podman():
         pytest.fail(f"podman has no {IMAGE} image: run `bash scripts/test-host-setup.sh`", pytrace=False)
 
 
+# Converge runs apt inside the container (Prometheus, Python packages): beyond the suite's 300 s.
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("scenario", ["levity", "stack"])
 def test_molecule_scenario(podman, scenario):
     started = time.monotonic()

@@ -100,7 +100,7 @@ async def test_block_policy_holds_connected_chargers_until_the_spool_drains(levi
             assert metrics[held] == 1
             # Held, not growing: the spool stays near its bound while the charger waits.
             await cp.ws.send(json.dumps([2, "more", "DataTransfer", {"vendorId": "V", "data": "d" * 4000}]))
-            assert server.metrics()["levity_audit_spooled_bytes"] <= (1 << 20) + (64 << 10)
+            assert server.metrics()["levity_audit_spool_bytes"] <= (1 << 20) + (64 << 10)
             receiver.refuse = False  # Fluentd is back: the spool drains and the charger is answered
             answer = json.loads(await asyncio.wait_for(cp.ws.recv(), 30))
             assert answer[:2] == [3, str(answered)]
@@ -109,6 +109,6 @@ async def test_block_policy_holds_connected_chargers_until_the_spool_drains(levi
             assert (await cp.call("after", "Heartbeat", {}))[:2] == [3, "after"]
         metrics = server.metrics()
         assert metrics[held] == 0 and metrics['levity_reading_pauses_total{reason="spool"}'] >= 1
-        assert metrics["levity_audit_dropped"] == 0
+        assert metrics['levity_audit_events_total{state="dropped"}'] == 0
     finally:
         receiver.stop()

@@ -21,7 +21,7 @@ async def test_fluentd_down_does_not_slow_or_stop_answers(levity):
 
     await asyncio.gather(*(charger(n) for n in range(10)))
     await asyncio.sleep(1.5)  # let the sink notice and report the failure
-    assert server.metrics()["levity_audit_emitted"] >= 10 * 103
+    assert server.metrics()['levity_audit_events_total{state="emitted"}'] >= 10 * 103
     server.stop()
     fluentd_lines = [line for line in server.log().splitlines()
                      if "Fluentd" in line and ("ERROR" in line or "WARNING" in line)]

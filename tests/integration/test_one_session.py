@@ -369,7 +369,7 @@ async def test_repeats_with_two_workers_and_a_restart(levity, receiver):
     assert sorted(json.loads(line)["transaction_id"] for line in listed.stdout.splitlines()) == \
         sorted(started.values())
     # The supervisor adds up its workers' anomaly counters (restarted workers start from 0).
-    assert server.metrics()['levity_anomalies{kind="repeated_stop"}'] == len(ids)
+    assert server.metrics()['levity_anomalies_total{kind="repeated_stop"}'] == len(ids)
 
 
 async def test_a_flood_of_repeats_is_throttled_and_grows_no_state(levity, receiver):
@@ -383,8 +383,8 @@ async def test_a_flood_of_repeats_is_throttled_and_grows_no_state(levity, receiv
         answers = [json.loads(await asyncio.wait_for(cp.ws.recv(), 30)) for _ in range(repeats)]
     assert all(a[0] == 3 for a in answers), "every repeat answered normally"
     metrics = server.metrics()
-    assert metrics["levity_calls_throttled"] > 0, "the per-charger throttle applies to repeats"
-    assert metrics['levity_anomalies{kind="repeated_stop"}'] == repeats
+    assert metrics["levity_calls_throttled_total"] > 0, "the per-charger throttle applies to repeats"
+    assert metrics['levity_anomalies_total{kind="repeated_stop"}'] == repeats
     await until(lambda: len(records(receiver, "anomaly")) == repeats, "one anomaly per repeat", server)
     assert len(records(receiver, "transaction_stop")) == 1
     with sqlite3.connect(server.workdir / "levity.db") as db:

@@ -78,7 +78,7 @@ async def test_reconnect_with_same_id_newest_wins_and_old_is_closed_cleanly(levi
             assert closed.value.rcvd.code == 1000
             assert "newer connection" in closed.value.rcvd.reason
             assert (await new.call("2", "Heartbeat", {}))[0] == 3
-            assert server.metrics()["levity_connected_charge_points"] == 1
+            assert server.metrics()['levity_connected_charge_points{ocpp_version="1.6"}'] == 1
     server.stop()
     websocket_events = audit_records(server)
     kinds = [(r["event_type"], r.get("replaced")) for r in websocket_events if r["event_type"].startswith("websocket")]

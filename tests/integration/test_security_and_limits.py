@@ -59,7 +59,7 @@ async def test_unknown_charge_points_refused_before_upgrade(levity):
     assert levity_cli(["charge-points", "register", "CP-KNOWN", "--database", server.env["LEVITY_DATABASE"]]) == 0
     async with raw_charge_point(server.url, "CP-KNOWN") as cp:
         assert (await cp.call("1", "Heartbeat", {}))[0] == 3
-    assert server.metrics()['levity_handshakes_refused{status="404"}'] == 1
+    assert server.metrics()['levity_handshakes_refused_total{status="404"}'] == 1
 
 
 async def test_oversized_frame_closes_with_1009_and_others_are_served(levity):
@@ -89,7 +89,7 @@ async def test_flooding_charger_is_slowed_not_dropped(levity):
             await cp.ws.send(f'[2,"{i}","Heartbeat",{{}}]')
         answers = [await asyncio.wait_for(cp.ws.recv(), 10) for _ in range(60)]
     assert len(answers) == 60 and all(a.startswith("[3,") for a in answers)
-    assert server.metrics()["levity_calls_throttled"] >= 1
+    assert server.metrics()["levity_calls_throttled_total"] >= 1
 
 
 async def test_tls_profile_without_certificate_is_a_configuration_error(levity):
@@ -129,7 +129,7 @@ async def test_failed_basic_auth_is_rate_limited_per_id_and_per_address(levity, 
     await expect_refused(server.url, "CP-FRESH", 429, **basic("CP-FRESH", KEY))
     metrics = server.metrics()
     assert metrics["levity_auth_refused_rate_limited"] == 2
-    assert metrics['levity_handshakes_refused{status="429"}'] == 2
+    assert metrics['levity_handshakes_refused_total{status="429"}'] == 2
 
 
 def test_charge_points_cli_creates_an_owner_only_database(tmp_path):

@@ -113,8 +113,8 @@ async def test_health_and_metrics_cover_all_workers(levity):
         metrics = server.metrics()
         assert metrics["levity_workers"] == 2
         assert metrics["levity_workers_up"] == 2
-        assert metrics["levity_connected_charge_points"] == 6
-        assert metrics["levity_audit_emitted"] == 12  # connect + boot, each
+        assert metrics['levity_connected_charge_points{ocpp_version="1.6"}'] == 6
+        assert metrics['levity_audit_events_total{state="emitted"}'] == 12  # connect + boot, each
     finally:
         for c in chargers:
             await c.__aexit__(None, None, None)
@@ -130,7 +130,7 @@ async def test_a_worker_that_dies_is_restarted_and_its_state_kept(levity):
     pids = worker_pids(server)
     assert len(pids) == 2
     os.kill(pids[1], signal.SIGKILL)  # workers start in index order
-    await eventually(lambda: server.metrics().get("levity_worker_restarts") == 1
+    await eventually(lambda: server.metrics().get("levity_worker_restarts_total") == 1
                      and server.metrics()["levity_workers_up"] == 2, 10, "worker not restarted", server)
     await stop(server.url, victim, transaction_id, 1500)
     assert server.stop() == 0
@@ -225,7 +225,7 @@ async def test_a_worker_that_cannot_start_is_retried_less_often_while_the_others
     assert "Traceback" not in log
     metrics = server.metrics()
     assert metrics["levity_workers_up"] == 1
-    assert metrics["levity_worker_restarts"] == 2
+    assert metrics["levity_worker_restarts_total"] == 2
     async with raw_charge_point(server.url, survivor) as cp:  # worker 0 serves on
         assert (await cp.call("h", "Heartbeat", {}))[0] == 3
 

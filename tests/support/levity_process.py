@@ -11,6 +11,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def api_env() -> dict[str, str]:
     """Settings that turn the operator API on, on a free port."""
@@ -37,6 +39,7 @@ class LevityProcess:
             "LEVITY_AUDIT_SINK": "file",
             "LEVITY_AUDIT_FILE": str(self.workdir / "audit.jsonl"),
             "FLUENTD_ENABLED": "false",
+            "TMPDIR": str(self.workdir),  # the supervisor's metrics directory, even after a SIGKILL
             "LEVITY_API_PORT": "0",  # the operator API only where a test asks for it (api_env())
             **(env or {}),
         }
@@ -103,11 +106,15 @@ class LevityProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def metrics(self) -> dict[str, float]:
+        """/metrics read with prometheus_client's own parser: {'name{label="value",...}': value}."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+            return parse_metrics(response.read().decode())
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-shot setup of the local stack (the `setup` service of docker-compose.yml):
 #   1. the ILM policy and the index template for ocpp_events* into Elasticsearch,
-#   2. the "OCPP audit events" data view into Kibana.
+#   2. the "OCPP audit events" data view and the Levity dashboard into Kibana.
 # It uses the same JSON files as the Ansible roles (share/ at the top of the repository,
 # mounted read-only at /share): one copy of each. Safe to run again: every call is a PUT
 # or an overwrite.
@@ -65,4 +65,12 @@ wait_for "$KIBANA/api/status"
 echo "setup: Kibana data view"
 call POST "$KIBANA/api/data_views/data_view" -H 'kbn-xsrf: true' -H 'Content-Type: application/json' \
     --data-binary "@$SHARE/kibana/ocpp-events-data-view.json" >/dev/null
-echo "setup: done: open Kibana, Discover, data view \"OCPP audit events\""
+echo "setup: Kibana dashboard"
+# The import answers 200 even when objects fail: its "success" says whether all went in.
+imported=$(call POST "$KIBANA/api/saved_objects/_import?overwrite=true" -H 'kbn-xsrf: true' \
+    -F "file=@$SHARE/kibana/levity-dashboard.ndjson")
+if ! printf '%s' "$imported" | grep -q '"success": *true'; then
+    echo "setup: Kibana did not import the dashboard: $imported" >&2
+    exit 1
+fi
+echo "setup: done: open Kibana, Dashboards, \"Levity: charging sessions, chargers and commands\""

@@ -2,18 +2,20 @@
 """Test stand-in for the parts of the Elasticsearch (9200) and Kibana (5601) APIs the roles call.
 
 The Elasticsearch and Kibana packages cannot be downloaded on the test machines, so the
-roles' API tasks run against this: index templates, ILM policies and data views are kept in
-memory and answered back as the real APIs shape them; every request is appended to
+roles' API tasks run against this: index templates, ILM policies, data views and imported
+saved objects (the dashboard) are kept in memory and answered back as the real APIs shape them; every request is appended to
 /var/tmp/elastic-stub/requests.jsonl for the verify step.
 """
 
+import email.parser
+import email.policy
 import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOG = "/var/tmp/elastic-stub/requests.jsonl"
-STATE = {"policies": {}, "templates": {}, "data_views": {}}
+STATE = {"policies": {}, "templates": {}, "data_views": {}, "saved_objects": {}}
 LOCK = threading.Lock()
 
 
@@ -31,7 +33,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method):
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
+        data = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            body = multipart_files(self.headers["Content-Type"], data)
+        else:
+            body = json.loads(data) if data else None
         path = self.path.split("?")[0]
         with LOCK, open(LOG, "a", encoding="utf-8") as log:
             log.write(json.dumps({"port": self.server.server_port, "method": method, "path": path, "body": body}) + "\n")
@@ -70,6 +76,16 @@ class Handler(BaseHTTPRequestHandler):
                     return 400, {"message": "Duplicate data view"}
                 STATE["data_views"][view["id"]] = view
                 return 200, {"data_view": view}
+            if path == "/api/saved_objects/_import" and method == "POST":
+                # As Kibana: one NDJSON file in the form field "file", one saved object a line.
+                objects = [json.loads(line) for line in body.get("file", "").splitlines() if line.strip()]
+                for obj in objects:
+                    STATE["saved_objects"][f'{obj["type"]}/{obj["id"]}'] = obj
+                return 200, {"success": True, "successCount": len(objects)}
+            if parts[:2] == ["api", "saved_objects"] and len(parts) == 4 and method == "GET":
+                if f"{parts[2]}/{parts[3]}" in STATE["saved_objects"]:
+                    return 200, STATE["saved_objects"][f"{parts[2]}/{parts[3]}"]
+                return 404, {"statusCode": 404, "error": "Not Found"}
             if parts[:3] == ["api", "data_views", "data_view"] and len(parts) == 4 and method == "GET":
                 if parts[3] in STATE["data_views"]:
                     return 200, {"data_view": STATE["data_views"][parts[3]]}
@@ -84,6 +100,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._handle("POST")
+
+
+def multipart_files(content_type, data):
+    """{field name: text} of a multipart/form-data body."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + data)
+    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+            for part in message.iter_parts()}
 
 
 def main():
