@@ -4,6 +4,7 @@ throttle, and the context the server builds once (store, audit, policies).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ class CentralSystemContext:
         self.validator_201: SchemaValidator | None = None
         self.boot_policy = boot_policy
         self.heartbeat_interval = heartbeat_interval
+
+    async def throttle(self, wait: float) -> None:
+        """A charger above its call rate (TokenBucket.delay() > 0): its next answer waits."""
+        self.throttled += 1
+        await asyncio.sleep(wait)
 
 
 def _now() -> str:

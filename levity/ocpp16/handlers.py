@@ -68,8 +68,7 @@ class ChargePoint(OcppChargePoint):
         received = time.perf_counter()
         wait = self._bucket.delay()
         if wait:
-            self.ctx.throttled += 1
-            await asyncio.sleep(wait)
+            await self.ctx.throttle(wait)
         await self.route_message(raw, received)
 
     async def route_message(self, raw: str | bytes, received: float | None = None) -> None:

@@ -14,7 +14,6 @@ store, anomalies, `await sink.emit_durable(event)`, `store.commit()`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -111,8 +110,7 @@ class ChargingStation:
         received = time.perf_counter()
         wait = self._bucket.delay()
         if wait:
-            self.ctx.throttled += 1
-            await asyncio.sleep(wait)
+            await self.ctx.throttle(wait)
         try:
             frame = parse_frame(raw)
         except CallError as error:
