@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 
 from levity import __version__, metrics
 from levity.commands import Unavailable
-from levity.config import ConfigError, Settings
+from levity.config import ConfigError, Settings, StartupError
 from levity.metrics import WorkerMetrics
 
 log = logging.getLogger("levity.workers")
@@ -576,8 +576,6 @@ def _is_upgrade(head: bytes) -> bool:
 
 
 async def _supervise(settings: Settings) -> int:
-    from levity.server import StartupError
-
     supervisor = Supervisor(settings)
     try:
         try:
@@ -709,8 +707,6 @@ def worker_main(argv: list[str]) -> int:
     configure_logging(settings.log_level, prefix=f"[worker {index}] ")
     os.umask(0o077)
     channel = socket.socket(fileno=fd)
-    from levity.server import StartupError
-
     try:
         asyncio.run(_work(settings, index, parent.workers, channel))
     except StartupError as exc:
