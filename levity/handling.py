@@ -1,11 +1,13 @@
 """What the handlers of both OCPP versions share: the id-tag decisions, the per-charger
-throttle, and the context the server builds once (store, audit, policies).
+throttle, the context the server builds once (store, audit, policies), and how a transaction
+start or stop is stored before it is answered (store_then_audit, not_stored).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ import yaml
 from ocpp.v16.enums import AuthorizationStatus
 
 from levity.audit.events import EventFactory, iso_utc
-from levity.audit.sink import AuditSink
-from levity.framing import SchemaValidator
-from levity.store import Store
+from levity.audit.sink import AuditSink, NotDurable
+from levity.framing import Call, CallError, SchemaValidator
+from levity.store import StorageError, Store
+
+log = logging.getLogger(__name__)
 
 RETRY_INTERVAL = 60  # seconds a Pending/Rejected charger waits before booting again
 AUTH_STATUSES = {s.value for s in AuthorizationStatus} - {"ConcurrentTx"}
@@ -109,6 +113,67 @@ class CentralSystemContext:
         """A charger above its call rate (TokenBucket.delay() > 0): its next answer waits."""
         self.throttled += 1
         await asyncio.sleep(wait)
+
+
+# Storage failures on transaction calls (both versions) -----------------------------------------
+
+async def store_then_audit(ctx: CentralSystemContext, transaction_id: int, event, anomalies=(), undo=None) -> None:
+    """Before a transaction start or stop is answered: the row is committed (fsynced), then
+    its audit event is on disk. Either failing raises StorageError/NotDurable, which the
+    connection turns into a CALLERROR (not_stored); never an answer for something not stored.
+    The caller holds the charge point's transaction lock (ctx.transaction_lock) throughout.
+
+    anomalies: this call's ocpp.anomaly events. Queued only once the row is committed and
+    just before `event`, they reach disk with it; a call not stored sends none (its writes,
+    an abandoned close included, are dropped with its commit and the resend decides again).
+    undo: when the event surely did not reach disk (the row did), or the database refused
+    the row alone, writes back what the call changed, so the charger's resend is not taken
+    for a repeat; committed before the caller releases its transaction lock. An anomaly
+    queued ahead of the failed event may still have reached disk: the resend's anomaly then
+    repeats it (a new event id)."""
+    try:
+        await ctx.store.commit_durable(transaction_id)
+    except StorageError as failure:
+        if failure.refused and undo is not None:  # its other writes (a close) committed without it
+            await _undo(ctx, undo)
+        raise
+    for anomaly in anomalies:
+        ctx.sink.emit(anomaly)
+    try:
+        await ctx.sink.emit_durable(event)
+    except NotDurable as failure:
+        if undo is not None and not failure.maybe_written:
+            await _undo(ctx, undo)
+        raise
+
+
+async def _undo(ctx: CentralSystemContext, undo) -> None:
+    undo()
+    try:
+        await ctx.store.commit_durable()
+    except StorageError:
+        pass  # logged by the store; the undo stays queued and is retried
+
+
+def not_stored(ctx: CentralSystemContext, charge_point_id: str, call: Call, failure: Exception,
+               **event_fields: Any) -> CallError:
+    """The CALLERROR for a transaction call that could not be stored (StorageError, NotDurable):
+    InternalError, the call was valid and Levity could not store it, so the charger resends it.
+    OCPP 1.6 (edition 2) section 3.7, "Transaction-related messages", and 3.7.1, "Error
+    responses to transaction-related messages" (TransactionMessageAttempts,
+    TransactionMessageRetryInterval); OCPP 2.0.1 part 2, use case E13 "Transaction-related
+    message not accepted by CSMS" (MessageAttemptsTransactionEvent,
+    MessageAttemptIntervalTransactionEvent). In OCPP-J that failure is a CALLERROR.
+    event_fields: added to the call_error event (2.0.1: ocpp_version)."""
+    ctx.not_stored += 1
+    # The store and the sink each log once per failure episode; per call only debug.
+    log.debug("%s: %s %s not stored (%s): answered InternalError so the charger retries",
+              charge_point_id, call.action, call.unique_id, failure)
+    ctx.sink.emit(ctx.events.make(
+        "call_error", charge_point_id, action=call.action[:64], unique_id=call.unique_id, error_code="InternalError",
+        error_description="not stored", **event_fields))
+    return CallError("InternalError", "Levity could not store this transaction message; send it again",
+                     call.unique_id)
 
 
 def _now() -> str:

@@ -28,6 +28,7 @@ from levity.framing import CALLRESULT, Call, CallError, Reply, call_result as en
 from levity.framing import parse_frame, response_payload, to_snake
 # Authorizer and CentralSystemContext are re-exported: callers of the 1.6 handlers import them here.
 from levity.handling import RETRY_INTERVAL, Authorizer, CentralSystemContext, TokenBucket, _now  # noqa: F401
+from levity.handling import not_stored, store_then_audit
 from levity.ocpp16.validation import check_action
 from levity.store import StorageError
 from levity.transactions import (abandoned_detail, abandoned_event, highest_register, meter_anomalies,
@@ -100,7 +101,7 @@ class ChargePoint(OcppChargePoint):
             response = await handler(self, **to_snake(call.payload))
             payload = response_payload(response)
         except (StorageError, NotDurable) as failure:
-            return self._not_stored(call, failure).frame()
+            return not_stored(self.ctx, self.id, call, failure).frame()
         except CallError as error:
             log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
                         error.code, error.description)
@@ -128,59 +129,6 @@ class ChargePoint(OcppChargePoint):
 
     async def _send(self, message: str) -> None:
         await self._connection.send(message)
-
-    # Storage failures on transaction calls ------------------------------------------------
-
-    async def _store_then_audit(self, transaction_id: int, event, anomalies=(), undo=None) -> None:
-        """Before a StartTransaction/StopTransaction answer: the row is committed (fsynced),
-        then its audit event is on disk. Either failing raises StorageError/NotDurable, which
-        answer() turns into a CALLERROR; never an answer for something not stored.
-
-        anomalies: this call's ocpp.anomaly events. Queued only once the row is committed and
-        just before `event`, they reach disk with it; a call not stored sends none (its writes,
-        an abandoned close included, are dropped with its commit and the resend decides again).
-        undo: when the event surely did not reach disk (the row did), or the database refused
-        the row alone, writes back what the call changed, so the charger's resend is not taken
-        for a repeat; committed before the caller releases its transaction lock. An anomaly
-        queued ahead of the failed event may still have reached disk: the resend's anomaly then
-        repeats it (a new event id)."""
-        try:
-            await self.ctx.store.commit_durable(transaction_id)
-        except StorageError as failure:
-            if failure.refused and undo is not None:  # its other writes (a close) committed without it
-                await self._undo(undo)
-            raise
-        for anomaly in anomalies:
-            self.ctx.sink.emit(anomaly)
-        try:
-            await self.ctx.sink.emit_durable(event)
-        except NotDurable as failure:
-            if undo is not None and not failure.maybe_written:
-                await self._undo(undo)
-            raise
-
-    async def _undo(self, undo) -> None:
-        undo()
-        try:
-            await self.ctx.store.commit_durable()
-        except StorageError:
-            pass  # logged by the store; the undo stays queued and is retried
-
-    def _not_stored(self, call: Call, failure: Exception) -> CallError:
-        """OCPP 1.6 (edition 2) section 3.7, "Transaction-related messages", and 3.7.1, "Error
-        responses to transaction-related messages": when the Central System fails to process a
-        transaction-related message the Charge Point resends it (TransactionMessageAttempts,
-        TransactionMessageRetryInterval); in OCPP-J that failure is a CALLERROR. InternalError:
-        the call was valid, Levity could not store it."""
-        self.ctx.not_stored += 1
-        # The store and the sink each log once per failure episode; per call only debug.
-        log.debug("%s: %s %s not stored (%s): answered InternalError so the charger retries",
-                  self.id, call.action, call.unique_id, failure)
-        self.ctx.sink.emit(self.ctx.events.make(
-            "call_error", self.id, action=call.action[:64], unique_id=call.unique_id, error_code="InternalError",
-            error_description="not stored"))
-        return CallError("InternalError", "Levity could not store this transaction message; send it again",
-                         call.unique_id)
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -265,7 +213,7 @@ class ChargePoint(OcppChargePoint):
                 for old in closed:
                     store.reopen_abandoned(old.id, old.abandon_event_id)
 
-            await self._store_then_audit(transaction_id, events.make(
+            await store_then_audit(self.ctx, transaction_id, events.make(
                 "transaction_start", self.id, event_id=event_id, connector_id=connector_id, id_tag=id_tag,
                 meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp),
                 abandoned, undo)
@@ -318,7 +266,7 @@ class ChargePoint(OcppChargePoint):
                 def undo() -> None:  # its transaction_stop is not on disk: the resend is the first stop
                     store.forget_stop(transaction_id, event_id)
 
-            await self._store_then_audit(transaction_id, events.make(
+            await store_then_audit(self.ctx, transaction_id, events.make(
                 "transaction_stop", self.id, event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
                 energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra), anomalies, undo)
             if known is not None:
