@@ -831,7 +831,8 @@ class Store:
                                                 start_timestamp, None, now, event_id=event_id)
         self._write("UPDATE transactions SET ocpp_version = '2.0.1', station_transaction_id = ?, evse_id = ?, "
                     "meter_start_known = ? WHERE id = ?",
-                    (station_transaction_id, evse_id, int(meter_start is not None), transaction_id))
+                    (station_transaction_id, evse_id, int(meter_start is not None), transaction_id),
+                    key=transaction_id)  # dropped with the start when its commit fails
         return transaction_id
 
     def station_transaction(self, charge_point_id: str, station_transaction_id: str) -> StationTransaction | None:

@@ -7,9 +7,10 @@ the CALLERROR codes are spelled as 2.0.1 spells them (levity.ocpp201.validation.
 
 Transactions: Levity gives each TransactionEvent Started its own integer transaction_id (the
 same counter as 1.6, so ids are unique across versions and workers) and keeps the station's
-string id as station_transaction_id. A transaction's start and stop are stored and made
-durable before the station gets its answer, in the same order as the 1.6 StartTransaction:
-store, anomalies, `await sink.emit_durable(event)`, `store.commit()`.
+string id as station_transaction_id. A Started or Ended follows the 1.6 StartTransaction /
+StopTransaction story (levity.handling.store_then_audit): decided under the station's
+transaction lock, its row committed durably, then its anomalies and its durable audit event,
+then the answer; storage failing is a CALLERROR InternalError the station resends.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any, Awaitable, Callable
 
 from levity import metrics
 from levity.audit.events import DEFAULT_MEASURAND, new_event_id
+from levity.audit.sink import NotDurable
 from levity.framing import Call, CallError, Reply, call_result as encode_result, parse_frame
-from levity.handling import RETRY_INTERVAL, CentralSystemContext, TokenBucket, _now
+from levity.handling import RETRY_INTERVAL, CentralSystemContext, TokenBucket, _now, not_stored, store_then_audit
 from levity.ocpp201.validation import VERSION, as_201, check_action
-from levity.store import StationTransaction
+from levity.store import StationTransaction, StorageError
 from levity.transactions import highest_register
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,8 @@ class ChargingStation:
                 raise CallError("NotSupported", f"{call.action} is not supported by Levity", call.unique_id)
             self.ctx.validator_201.validate(call)
             payload = await handler(self, call.payload)
+        except (StorageError, NotDurable) as failure:
+            return not_stored(self.ctx, self.id, call, failure, ocpp_version=VERSION).frame()
         except CallError as error:
             as_201(error)
             log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
@@ -151,12 +155,15 @@ class ChargingStation:
         previous = self._open.get(station_id, (transaction_id, None))[1]
         self._open[station_id] = (transaction_id, register_wh if register_wh is not None else previous)
 
-    def transaction_id(self, station_id: str) -> int | None:
-        """Levity's id of one of this station's transactions (None: never started here)."""
+    async def transaction_id(self, station_id: str) -> int | None:
+        """Levity's id of one of this station's transactions (None: never started here). The
+        database is asked under the station's transaction lock: a Started being committed (on
+        this connection or an older one) is seen once committed."""
         remembered = self._open.get(station_id)
         if remembered is not None:
             return remembered[0]
-        known = self.ctx.store.station_transaction(self.id, station_id)
+        async with self.ctx.transaction_lock(self.id):
+            known = self.ctx.store.station_transaction(self.id, station_id)
         if known is None:
             return None
         self.remember(station_id, known.transaction.id, None)
@@ -257,13 +264,16 @@ async def transaction_event(cs: ChargingStation, payload: dict) -> dict:
     token = payload.get("idToken")
     answer = {"idTokenInfo": {"status": cs.ctx.authorizer.status(token["idToken"])}} if token else {}
     if kind == "Updated":
-        _updated(cs, payload)
+        await _updated(cs, payload)
         return answer
-    known = cs.ctx.store.station_transaction(cs.id, station_id)
-    if kind == "Started":
-        await _started(cs, payload, known)
-    else:
-        await _ended(cs, payload, known)
+    # One decision at a time per station, from the committed state, released once committed
+    # (CentralSystemContext.transaction_lock): a repeat is seen as one, on any connection.
+    async with cs.ctx.transaction_lock(cs.id):
+        known = cs.ctx.store.station_transaction(cs.id, station_id)
+        if kind == "Started":
+            await _started(cs, payload, known)
+        else:
+            await _ended(cs, payload, known)
     return answer
 
 
@@ -284,24 +294,29 @@ async def _started(cs: ChargingStation, payload: dict, known: StationTransaction
     transaction_id = store.start_station_transaction(
         cs.id, station_id, evse.get("connectorId"), evse.get("id"), token.get("idToken"), meter_start, timestamp,
         _now(), event_id=event_id)
+
+    def undo() -> None:  # never answered: the resend is the first Started, not a repeat
+        store.forget_transaction(transaction_id)
+
+    # Billing depends on this start: the row, then its event, durable before the answer (as 1.6).
+    await store_then_audit(cs.ctx, transaction_id, cs.event(
+        "transaction_start", event_id=event_id, connector_id=evse.get("connectorId"), id_tag=token.get("idToken"),
+        meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp,
+        evse_id=evse.get("id"), station_transaction_id=station_id, trigger_reason=payload["triggerReason"]),
+        undo=undo)
+    # Once stored: a Started answered with a CALLERROR leaves no samples under an id never issued.
     if payload.get("meterValue"):
         store.add_meter_values(cs.id, evse.get("id") or 0, transaction_id, as_16_meter_values(payload["meterValue"]))
     cs.remember(station_id, transaction_id, meter_start)
-    # Billing depends on this event: it is durable before the station is answered (as 1.6).
-    await cs.ctx.sink.emit_durable(cs.event(
-        "transaction_start", event_id=event_id, connector_id=evse.get("connectorId"), id_tag=token.get("idToken"),
-        meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp,
-        evse_id=evse.get("id"), station_transaction_id=station_id, trigger_reason=payload["triggerReason"]))
-    store.commit()
 
 
-def _updated(cs: ChargingStation, payload: dict) -> None:
+async def _updated(cs: ChargingStation, payload: dict) -> None:
     info = payload["transactionInfo"]
     station_id = info["transactionId"]
     meter_value = payload.get("meterValue") or []
     count, measurands = samples(meter_value)
     extra: dict[str, Any] = {}
-    transaction_id = cs.transaction_id(station_id)
+    transaction_id = await cs.transaction_id(station_id)
     if transaction_id is None:
         extra["unknown_transaction"] = True
     else:
@@ -333,6 +348,7 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
             first.stop_event_id, ocpp_version=VERSION, station_transaction_id=station_id))
         return
     extra: dict[str, Any] = {}
+    anomalies = []
     event_id = new_event_id()
     now = _now()
     if known is None:
@@ -344,26 +360,40 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
             cs.id, station_id, evse.get("connectorId"), evse.get("id"), token.get("idToken"), None, timestamp, now)
         meter_start = None
         log.warning("%s: TransactionEvent Ended for unknown transaction %r accepted", cs.id, station_id)
+
+        def undo() -> None:  # never answered: no row, so the resend is not taken for a repeat
+            store.forget_stop(transaction_id, event_id)
+            store.forget_transaction(transaction_id)
     else:
-        transaction_id, meter_start = known.transaction.id, known.meter_start
+        first = known.transaction
+        transaction_id, meter_start = first.id, known.meter_start
         if meter_stop is None:
             meter_stop = cs.last_register(station_id, transaction_id)
-    if meter_value:
-        store.add_meter_values(cs.id, (payload.get("evse") or {}).get("id") or 0, transaction_id,
-                               as_16_meter_values(meter_value))
+        if first.abandoned_at is not None:
+            anomalies.append(events.anomaly(
+                cs.id, "stop_after_abandoned", transaction_id,
+                f"stopped after it was closed as abandoned ({first.abandon_reason}): its transaction_stop "
+                f"carries the station's figures", first.abandon_event_id, ocpp_version=VERSION,
+                station_transaction_id=station_id))
+
+        def undo() -> None:  # its transaction_stop is not on disk: the resend is the first stop
+            store.forget_stop(transaction_id, event_id)
     energy = meter_stop - meter_start if meter_stop is not None and meter_start is not None else None
-    if energy is not None:
-        metrics.record_energy(energy)
     request = {"meter_stop": meter_stop, "timestamp": timestamp, "reason": info.get("stoppedReason"),
                "id_tag": token.get("idToken"), "transaction_data_entries": len(meter_value or ())}
     store.stop_transaction(transaction_id, meter_stop, timestamp, reason, token.get("idToken"), now,
                            event_id=event_id, request=request)
-    cs._open.pop(station_id, None)
-    await cs.ctx.sink.emit_durable(cs.event(
+    await store_then_audit(cs.ctx, transaction_id, cs.event(
         "transaction_stop", event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
         energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, station_transaction_id=station_id,
-        trigger_reason=payload["triggerReason"], **extra))
-    store.commit()
+        trigger_reason=payload["triggerReason"], **extra), anomalies, undo)
+    # Once stored: an Ended answered with a CALLERROR comes again, its samples and energy with it.
+    if meter_value:
+        store.add_meter_values(cs.id, (payload.get("evse") or {}).get("id") or 0, transaction_id,
+                               as_16_meter_values(meter_value))
+    cs._open.pop(station_id, None)
+    if energy is not None:
+        metrics.record_energy(energy)
 
 
 # Messages with no state of their own in Levity: answered as the spec says, and audited.
