@@ -13,7 +13,7 @@ transaction start or stop: it runs with synchronous=FULL (the WAL is fsynced bef
 returns), because its transaction id goes to the charger and into billing and must never be
 issued twice, not even after a power loss. A handler that answers with such an id awaits
 commit_durable() first; when the commit fails it gets StorageError and the charger is told to
-retry (see chargepoint.py).
+retry (levity.handling.store_then_audit).
 
 Failures. A statement the database refuses (a constraint, a trigger) is dropped alone: it is
 counted and logged, its durable caller gets StorageError, the rest of the group commits. A
@@ -612,7 +612,7 @@ class Store:
 
     # Transactions --------------------------------------------------------------------------
     # The decisions about repeats (levity/transactions.py) read the committed state: the
-    # handlers make them holding their charge point's transaction lock (chargepoint.py) and
+    # handlers make them holding their charge point's transaction lock (levity.handling) and
     # release it only once what they wrote is committed, so the next decision for that charge
     # point (same connection or a new one after a reconnect) sees it.
 
