@@ -11,7 +11,7 @@ from levity.config import ConfigError, add_arguments, load_settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from levity.server import run
+    from levity.serve import run
 
     settings = load_settings(args)
     return run(settings)

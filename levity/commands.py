@@ -1,4 +1,6 @@
-"""Calls Levity sends to chargers (OCPP 1.6J, central system to charge point).
+"""Calls Levity sends to chargers (central system to charge point), in OCPP 1.6J and 2.0.1:
+each version has its table of calls and its schemas; a call goes to a charger only in the
+version the charger speaks.
 
 OCPP-J rules for this direction:
 - one outstanding call per charger: later calls wait their turn, at most
@@ -11,7 +13,7 @@ OCPP-J rules for this direction:
 
 The request is checked against the action's OCA schema before anything is sent, and the answer
 when it comes. An answer that breaks its schema counts as a failed call: outcome `call_error`
-with error_code `FormationViolation` and `invalid_answer` true (the CALLERROR Levity itself
+with error_code `FormationViolation` (2.0.1: `FormatViolation`) and `invalid_answer` true (the CALLERROR Levity itself
 would have sent for such a frame), so a caller never takes a malformed answer for a good one.
 """
 
@@ -25,7 +27,9 @@ from typing import Any, Callable
 
 import fastjsonschema
 
-from levity.protocol import CALLERROR, CALL, compile_schema, encode, schema_error_text
+from levity.framing import CALLERROR, CALL, encode, schema_error_text
+from levity.ocpp16 import validation as ocpp16
+from levity.ocpp201 import validation as ocpp201
 
 # Every call a central system sends in OCPP 1.6J, with its feature profile.
 CENTRAL_SYSTEM_ACTIONS: dict[str, str] = {
@@ -67,40 +71,88 @@ EXAMPLE_REQUESTS: dict[str, dict] = {
     "TriggerMessage": {"requestedMessage": "StatusNotification", "connectorId": 1},
 }
 
+# The OCPP 2.0.1 calls a CSMS sends through the operator API, with their functional block.
+CSMS_ACTIONS_201: dict[str, str] = {
+    "RequestStartTransaction": "Transactions", "RequestStopTransaction": "Transactions",
+    "Reset": "Provisioning", "GetVariables": "Provisioning", "SetVariables": "Provisioning",
+    "GetBaseReport": "Provisioning", "TriggerMessage": "Remote Control", "UnlockConnector": "Remote Control",
+    "ChangeAvailability": "Availability", "SetChargingProfile": "Smart Charging", "ClearCache": "Authorization",
+    "GetLog": "Diagnostics", "UpdateFirmware": "Firmware Management",
+    "SendLocalList": "Local Authorization List Management",
+    "GetLocalListVersion": "Local Authorization List Management",
+}
+EXAMPLE_REQUESTS_201: dict[str, dict] = {
+    "RequestStartTransaction": {"idToken": {"idToken": "USER-123", "type": "ISO14443"}, "remoteStartId": 1,
+                                "evseId": 1},
+    "RequestStopTransaction": {"transactionId": "station-tx-1"},
+    "Reset": {"type": "Immediate"},
+    "GetVariables": {"getVariableData": [{"component": {"name": "OCPPCommCtrlr"},
+                                          "variable": {"name": "HeartbeatInterval"}}]},
+    "SetVariables": {"setVariableData": [{"component": {"name": "OCPPCommCtrlr"},
+                                          "variable": {"name": "HeartbeatInterval"}, "attributeValue": "60"}]},
+    "GetBaseReport": {"requestId": 1, "reportBase": "SummaryInventory"},
+    "TriggerMessage": {"requestedMessage": "StatusNotification", "evse": {"id": 1, "connectorId": 1}},
+    "UnlockConnector": {"evseId": 1, "connectorId": 1},
+    "ChangeAvailability": {"operationalStatus": "Inoperative", "evse": {"id": 1}},
+    "SetChargingProfile": {"evseId": 1, "chargingProfile": {
+        "id": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute",
+        "chargingSchedule": [{"id": 1, "chargingRateUnit": "A", "startSchedule": "2024-01-15T10:00:00Z",
+                              "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}]}]}},
+    "ClearCache": {},
+    "GetLog": {"logType": "DiagnosticsLog", "requestId": 1, "log": {"remoteLocation": "https://logs.example.org/up"}},
+    "UpdateFirmware": {"requestId": 1, "firmware": {"location": "https://firmware.example.org/fw.bin",
+                                                    "retrieveDateTime": "2024-01-15T10:00:00Z"}},
+    "SendLocalList": {"versionNumber": 1, "updateType": "Full", "localAuthorizationList": [
+        {"idToken": {"idToken": "USER-9", "type": "ISO14443"}, "idTokenInfo": {"status": "Accepted"}}]},
+    "GetLocalListVersion": {},
+}
+# The calls of each version, by the `ocpp_version` a charger's connection speaks.
+ACTIONS_BY_VERSION: dict[str, dict[str, str]] = {ocpp16.VERSION: CENTRAL_SYSTEM_ACTIONS,
+                                                 ocpp201.VERSION: CSMS_ACTIONS_201}
+# How an answer that breaks its schema is reported, as each version spells FormationViolation.
+INVALID_ANSWER_CODE = {ocpp16.VERSION: "FormationViolation", ocpp201.VERSION: "FormatViolation"}
+
 MAX_WAITING_CALLS = 16  # per charger, behind the one outstanding: more are refused (Busy)
 DEFAULT_TIMEOUT = 30.0
 
 
 class CommandSchemas:
     """The request and answer schemas of the calls above, compiled once (same mechanism as the
-    charger-to-central validation in levity.protocol)."""
+    charger-to-central validation in levity.ocpp16.validation)."""
 
     def __init__(self) -> None:
-        self._compiled: dict[str, Callable[[Any], Any]] = {}
+        self._compiled: dict[tuple[str, str], Callable[[Any], Any]] = {}
 
-    def _validator(self, name: str) -> Callable[[Any], Any]:
-        validator = self._compiled.get(name)
+    def _validator(self, name: str, version: str) -> Callable[[Any], Any]:
+        """name: the request's action (`Reset`) or its answer (`ResetResponse`)."""
+        validator = self._compiled.get((name, version))
         if validator is None:
-            validator = self._compiled[name] = compile_schema(name)
+            if version == ocpp201.VERSION:  # the 2.0.1 files are <Action>Request / <Action>Response
+                compiled = ocpp201.compile_schema(name if name.endswith("Response") else name + "Request")
+            else:
+                compiled = ocpp16.compile_schema(name)
+            validator = self._compiled[(name, version)] = compiled
         return validator
 
-    def compile_all(self) -> None:
-        for action in CENTRAL_SYSTEM_ACTIONS:
-            self._validator(action)
-            self._validator(action + "Response")
+    def compile_all(self, version: str = ocpp16.VERSION) -> None:
+        """Ahead of the first call. The 2.0.1 schemas are larger (up to a third of a second
+        each to compile): they compile on first use unless asked for here."""
+        for action in ACTIONS_BY_VERSION[version]:
+            self._validator(action, version)
+            self._validator(action + "Response", version)
 
-    def request_error(self, action: str, payload: Any) -> str | None:
+    def request_error(self, action: str, payload: Any, version: str = ocpp16.VERSION) -> str | None:
         """What is wrong with a request payload, naming the property; None when it is valid."""
-        return self._error(action, payload)
+        return self._error(action, payload, version)
 
-    def answer_error(self, action: str, payload: Any) -> str | None:
-        return self._error(action + "Response", payload)
+    def answer_error(self, action: str, payload: Any, version: str = ocpp16.VERSION) -> str | None:
+        return self._error(action + "Response", payload, version)
 
-    def _error(self, name: str, payload: Any) -> str | None:
+    def _error(self, name: str, payload: Any, version: str) -> str | None:
         if not isinstance(payload, dict):
             return "the payload must be a JSON object"
         try:
-            self._validator(name)(payload)
+            self._validator(name, version)(payload)
         except fastjsonschema.JsonSchemaValueException as exc:
             return schema_error_text(exc)
         return None
@@ -150,9 +202,11 @@ class Unavailable(Exception):
 class CallSender:
     """Sends one charger the calls operators ask for, one at a time (OCPP-J)."""
 
-    def __init__(self, connection, schemas: CommandSchemas, max_waiting: int = MAX_WAITING_CALLS):
+    def __init__(self, connection, schemas: CommandSchemas, max_waiting: int = MAX_WAITING_CALLS,
+                 version: str = ocpp16.VERSION):
         self.connection = connection
         self.schemas = schemas
+        self.version = version
         self.max_waiting = max_waiting
         self._turn = asyncio.Lock()
         self._waiting = 0
@@ -204,9 +258,9 @@ class CallSender:
             details = reply.payload
             return result("call_error", error_code=reply.error_code, error_description=reply.error_description,
                           error_details=details if isinstance(details, dict) else {"value": details})
-        problem = self.schemas.answer_error(action, reply.payload)
+        problem = self.schemas.answer_error(action, reply.payload, self.version)
         if problem is not None:
-            return result("call_error", error_code="FormationViolation", invalid_answer=True,
+            return result("call_error", error_code=INVALID_ANSWER_CODE[self.version], invalid_answer=True,
                           error_description=f"the charger's answer breaks the {action}.conf schema: {problem}",
                           error_details={"answer": reply.payload})
         return result("result", payload=reply.payload)

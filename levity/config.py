@@ -150,6 +150,10 @@ class Settings:
         "LEVITY_BOOT_POLICY", "accept",
         "BootNotification answer for chargers not registered in the database: accept them "
         "(and register), or answer pending/rejected", choices=("accept", "pending", "rejected"))
+    preferred_ocpp_version: str = opt(
+        "LEVITY_PREFERRED_OCPP_VERSION", "2.0.1",
+        "the OCPP version a charger offering both subprotocols (ocpp2.0.1 and ocpp1.6) gets (docs/ocpp201.md)",
+        choices=("2.0.1", "1.6"))
     heartbeat_interval: int = opt("LEVITY_HEARTBEAT_INTERVAL", 300,
                                   "heartbeat interval (s) sent in the BootNotification answer",
                                   parse=_positive_int)
@@ -334,3 +338,7 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
             raise ConfigError(f"{source}: expected one of {', '.join(map(str, meta['choices']))}, got {raw!r}")
         values[f.name] = value
     return Settings(**values)
+
+
+class StartupError(Exception):
+    """Levity cannot start (database, audit files or port unusable): one clear log line, exit 1."""

@@ -4,9 +4,13 @@ cleanly.
 The handshake follows OCPP-J 1.6 rather than `websockets` defaults:
 - the charge point id is the last segment of the URL path; a request without a valid id is
   refused before the upgrade with HTTP 404;
-- a charger that offers no `ocpp1.6` subprotocol gets a completed handshake without a
-  Sec-WebSocket-Protocol header, then an immediate close (1002), as OCPP-J says, instead of
-  the HTTP 400 `websockets` would send;
+- a charger chooses its OCPP version with the subprotocol it offers: `ocpp2.0.1` or `ocpp1.6`;
+  one offering both gets LEVITY_PREFERRED_OCPP_VERSION (default 2.0.1). Each connection is
+  handled by its version's package (levity/ocpp16/, levity/ocpp201/); everything else here
+  (security profiles, limits, throttling, keepalive, newest-connection-wins) is the same for both;
+- a charger that offers neither gets a completed handshake without a Sec-WebSocket-Protocol
+  header, then an immediate close (1002), as OCPP-J says, instead of the HTTP 400
+  `websockets` would send;
 - when an id reconnects while its old socket is still open, the newest connection wins and
   the old one is closed with 1000.
 Plain HTTP GET /health and /metrics on the same port serve load balancers and operators.
@@ -38,10 +42,13 @@ from levity.audit.events import EventFactory, IdTagPolicy
 from levity.auth import (CredentialCache, FailureLimiter, certificate_common_name, parse_basic_auth,
                          verify_password)
 from levity.audit.sink import AuditSink, make_sink, wait_closed
-from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
+from levity.handling import Authorizer, CentralSystemContext
+from levity.ocpp16 import validation as ocpp16
+from levity.ocpp16.handlers import ChargePoint
+from levity.ocpp201 import validation as ocpp201
+from levity.ocpp201.handlers import ChargingStation
 from levity.commands import CallSender, CommandSchemas
-from levity.config import ConfigError, Settings
-from levity.protocol import PayloadValidator
+from levity.config import ConfigError, Settings, StartupError
 from levity.database import DatabaseStartupError, is_postgres, open_store
 from levity.proxy import forwarded_client
 from levity.transactions import send_pending_closes_forever
@@ -49,7 +56,9 @@ from levity.transport import OcppConnection
 
 log = logging.getLogger("levity")
 
-SUBPROTOCOL = "ocpp1.6"
+SUBPROTOCOL = ocpp16.SUBPROTOCOL  # kept for callers that named the 1.6 one
+# Subprotocol -> (OCPP version, the class that handles a connection of it).
+VERSIONS = {ocpp201.SUBPROTOCOL: (ocpp201.VERSION, ChargingStation), ocpp16.SUBPROTOCOL: (ocpp16.VERSION, ChargePoint)}
 # OCPP 2.0.1's identifierString, max 48 characters as chargeBoxIdentity in OCPP 1.6.
 CHARGE_POINT_ID = re.compile(r"[A-Za-z0-9*\-_=:+|@.]{1,48}")
 SHUTDOWN_FLUSH_SECONDS = 10.0
@@ -87,10 +96,7 @@ class Session:
     replaced: bool = False
     sender: CallSender | None = None  # calls Levity sends it (operator API), made on the first
     generation: int = 0  # with several instances: its claim in connection_owners (levity/cluster.py)
-
-
-class StartupError(Exception):
-    """Levity cannot start (database, audit files or port unusable): one clear log line, exit 1."""
+    ocpp_version: str = ocpp16.VERSION
 
 
 class CentralSystem:
@@ -115,11 +121,14 @@ class CentralSystem:
         self.events = EventFactory(settings.tag_prefix, id_tags)
         self.context = CentralSystemContext(
             store=self.store, sink=self.sink, events=self.events, authorizer=authorizer,
-            validator=PayloadValidator(lenient_measurands=settings.lenient_measurands,
-                                       lenient_timestamps=settings.lenient_timestamps),
+            validator=ocpp16.PayloadValidator(lenient_measurands=settings.lenient_measurands,
+                                              lenient_timestamps=settings.lenient_timestamps),
             boot_policy=settings.boot_policy, heartbeat_interval=settings.heartbeat_interval,
             max_calls_per_second=settings.max_calls_per_second,
         )
+        self.context.validator_201 = ocpp201.PayloadValidator(lenient_timestamps=settings.lenient_timestamps)
+        # Offered subprotocols, the preferred version first (LEVITY_PREFERRED_OCPP_VERSION).
+        self.subprotocols = sorted(VERSIONS, key=lambda name: VERSIONS[name][0] != settings.preferred_ocpp_version)
         self.sessions: dict[str, Session] = {}
         self.credentials = CredentialCache()
         self.auth_failures_by_id = FailureLimiter(settings.auth_failures_per_minute)
@@ -166,12 +175,10 @@ class CentralSystem:
 
     # Handshake ----------------------------------------------------------------------------
 
-    subprotocol = SUBPROTOCOL
-
-    @staticmethod
-    def select_subprotocol(protocol, offered) -> str | None:
-        # None completes the handshake without a subprotocol; opened() then closes (OCPP-J).
-        return SUBPROTOCOL if SUBPROTOCOL in offered else None
+    def select_subprotocol(self, offered) -> str | None:
+        # The preferred version when offered, else the other; None completes the handshake
+        # without a subprotocol, and opened() then closes (OCPP-J).
+        return next((name for name in self.subprotocols if name in offered), None)
 
     async def check_request(self, connection: OcppConnection, request: Request) -> Response | None:
         """None to accept the upgrade, or the HTTP response that refuses it."""
@@ -357,12 +364,14 @@ class CentralSystem:
     def opened(self, connection: OcppConnection) -> None:
         charge_point_id = charge_point_id_from_path(connection.request.path)
         remote = self._client_address(connection)
-        if connection.subprotocol != SUBPROTOCOL:
-            log.warning("%s from %s offered no %s subprotocol: closing", charge_point_id, remote, SUBPROTOCOL)
-            connection.close(1002, f"{SUBPROTOCOL} subprotocol required")
+        if connection.subprotocol not in VERSIONS:
+            log.warning("%s from %s offered neither %s subprotocol: closing", charge_point_id, remote,
+                        " nor ".join(VERSIONS))
+            connection.close(1002, f"{' or '.join(VERSIONS)} subprotocol required")
             return
+        version, handler_class = VERSIONS[connection.subprotocol]
 
-        session = Session(charge_point_id, connection, remote)
+        session = Session(charge_point_id, connection, remote, ocpp_version=version)
         previous = self.sessions.get(charge_point_id)
         self.sessions[charge_point_id] = session
         if previous is not None:
@@ -373,11 +382,13 @@ class CentralSystem:
         if self.cluster is not None:
             session.generation = self.cluster.claim(charge_point_id)
 
-        charge_point = ChargePoint(charge_point_id, connection, self.context)
+        charge_point = handler_class(charge_point_id, connection, self.context)
         connection.on_message = charge_point.handle_frame
         connection.on_close = lambda _: self._closed(session)
-        self.sink.emit(self.events.make("websocket_connect", charge_point_id, remote_address=remote))
-        log.info("%s connected from %s", charge_point_id, remote)
+        self.store.record_ocpp_version(charge_point_id, version)
+        self.sink.emit(self.events.make("websocket_connect", charge_point_id, remote_address=remote,
+                                        ocpp_version=version))
+        log.info("%s connected from %s (OCPP %s)", charge_point_id, remote, version)
 
     def _forwarded(self, connection: OcppConnection) -> str | None:
         """The charger's address as a trusted balancer reports it (levity/proxy.py)."""
@@ -415,7 +426,7 @@ class CentralSystem:
         self.sink.emit(self.events.make(
             "websocket_disconnect", session.charge_point_id, remote_address=session.remote_address,
             close_code=connection.close_code, close_reason=connection.close_reason,
-            duration_seconds=duration, replaced=session.replaced))
+            duration_seconds=duration, replaced=session.replaced, ocpp_version=session.ocpp_version))
         log.info("%s disconnected (code %s, %.1fs)", session.charge_point_id, connection.close_code, duration)
 
     async def _keepalive(self) -> None:
@@ -441,7 +452,10 @@ class CentralSystem:
     async def start(self, listen: bool = True) -> None:
         """listen=False: a worker (levity/workers.py); its supervisor hands it the connections."""
         self.context.validator.compile(ChargePoint.routes())
-        metrics.set_known_actions(ChargePoint.routes())
+        metrics.set_known_actions({*ChargePoint.routes(), *ChargingStation.routes()})
+        self.context.validator_201.compile(ocpp201.HOT_ACTIONS)
+        self._compile_in_background(self.context.validator_201,
+                                    set(ChargingStation.routes()) - set(ocpp201.HOT_ACTIONS))
         self.command_schemas.compile_all()
         try:
             await self.sink.start()
@@ -478,6 +492,20 @@ class CentralSystem:
 
             self.api_listener = await serve_api(settings, self.operations, TokenStore(self.store),
                                                 self.command_schemas)
+
+    @staticmethod
+    def _compile_in_background(validator, actions) -> None:
+        """One schema per turn of the event loop, so no charger waits behind more than one
+        (a schema still missing when its first call comes is compiled for that call)."""
+        pending = sorted(actions)
+        loop = asyncio.get_running_loop()
+
+        def step() -> None:
+            if pending:
+                validator.compile([pending.pop()])
+                loop.call_later(0.01, step)
+
+        loop.call_soon(step)
 
     async def stop(self) -> None:
         log.info("shutting down: closing %d charger connections", len(self.sessions))
@@ -559,20 +587,3 @@ def raise_open_files_limit(max_connections: int) -> None:
                     "%d get no connection; raise it (ulimit -n, systemd LimitNOFILE=) or lower "
                     "LEVITY_MAX_CONNECTIONS", soft, max_connections, OPEN_FILES_MARGIN,
                     max(0, soft - OPEN_FILES_MARGIN))
-
-
-def run(settings: Settings) -> int:
-    configure_logging(settings.log_level)
-    os.umask(0o077)  # database, spool and audit files hold personal data: owner only
-    raise_open_files_limit(settings.max_connections)
-    from levity.workers import check_settings, run_supervisor
-
-    check_settings(settings)  # also with one worker: refuses files sharded for several
-    if settings.workers > 1:
-        return run_supervisor(settings)
-    try:
-        asyncio.run(serve_until_signalled(settings))
-    except StartupError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0

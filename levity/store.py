@@ -13,7 +13,7 @@ transaction start or stop: it runs with synchronous=FULL (the WAL is fsynced bef
 returns), because its transaction id goes to the charger and into billing and must never be
 issued twice, not even after a power loss. A handler that answers with such an id awaits
 commit_durable() first; when the commit fails it gets StorageError and the charger is told to
-retry (see chargepoint.py).
+retry (levity.handling.store_then_audit).
 
 Failures. A statement the database refuses (a constraint, a trigger) is dropped alone: it is
 counted and logged, its durable caller gets StorageError, the rest of the group commits. A
@@ -108,12 +108,21 @@ TRANSACTION_COLUMNS = {
     "abandon_reason": "TEXT",
     "abandon_event_id": "TEXT",
     "abandon_event_sent": "INTEGER NOT NULL DEFAULT 1",  # 0: closed by the CLI, its anomaly not yet sent
+    # OCPP 2.0.1 (levity/ocpp201/): the station's own transaction id (a string) beside Levity's
+    # integer one, the EVSE, and whether the start had a meter reading (without one meter_start
+    # holds 0 and meter_start_known 0).
+    "ocpp_version": "TEXT",
+    "station_transaction_id": "TEXT",
+    "evse_id": "INTEGER",
+    "meter_start_known": "INTEGER NOT NULL DEFAULT 1",
 }
 TRANSACTION_INDEXES = """
 CREATE INDEX IF NOT EXISTS transactions_start ON transactions (charge_point_id, connector_id, start_timestamp);
 CREATE INDEX IF NOT EXISTS transactions_unclosed ON transactions (charge_point_id, connector_id)
     WHERE stopped_at IS NULL AND abandoned_at IS NULL;
 CREATE INDEX IF NOT EXISTS transactions_close_pending ON transactions (id) WHERE abandon_event_sent = 0;
+CREATE INDEX IF NOT EXISTS transactions_station ON transactions (charge_point_id, station_transaction_id)
+    WHERE station_transaction_id IS NOT NULL;
 """
 TRANSACTION_SELECT = (
     "SELECT id, charge_point_id, connector_id, id_tag, meter_start, meter_stop, stopped_at IS NOT NULL, "
@@ -253,6 +262,19 @@ def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
     return db
 
 
+@dataclass(frozen=True)
+class StationTransaction:
+    """A 2.0.1 transaction: the row, the station's id for it, and what the station left unknown."""
+
+    transaction: Transaction
+    station_transaction_id: str
+    meter_start_known: bool
+
+    @property
+    def meter_start(self) -> int | None:
+        return self.transaction.meter_start if self.meter_start_known else None
+
+
 class Store:
     def __init__(self, path: str = "levity.db", transaction_ids: tuple[int, int] = (1, 1)):
         # (residue, modulus): the transaction ids this store may issue (see the module doc).
@@ -293,6 +315,8 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(charge_points)")}
         if "password_hash" not in columns:  # added with security profiles
             self._db.execute("ALTER TABLE charge_points ADD COLUMN password_hash TEXT")
+        if "ocpp_version" not in columns:  # added with OCPP 2.0.1
+            self._db.execute("ALTER TABLE charge_points ADD COLUMN ocpp_version TEXT")
 
     def _migrate_transactions(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(transactions)")}
@@ -547,6 +571,11 @@ class Store:
              "firmware": info.get("firmware_version"), "status": status, "now": now},
         )
 
+    def record_ocpp_version(self, charge_point_id: str, version: str) -> None:
+        """The OCPP version of a known charge point's latest connection (operator API: ocpp_version);
+        rows from before 2.0.1 hold null, which means 1.6."""
+        self._write("UPDATE charge_points SET ocpp_version = ? WHERE id = ?", (version, charge_point_id))
+
     def record_heartbeat(self, charge_point_id: str, now: str) -> None:
         # The hottest write: nobody reads it back at once; one executemany per commit.
         self._group.heartbeats[charge_point_id] = now
@@ -583,7 +612,7 @@ class Store:
 
     # Transactions --------------------------------------------------------------------------
     # The decisions about repeats (levity/transactions.py) read the committed state: the
-    # handlers make them holding their charge point's transaction lock (chargepoint.py) and
+    # handlers make them holding their charge point's transaction lock (levity.handling) and
     # release it only once what they wrote is committed, so the next decision for that charge
     # point (same connection or a new one after a reconnect) sees it.
 
@@ -778,7 +807,7 @@ class Store:
         where = "WHERE cp.id = ?" if charge_point_id is not None else ""
         cursor = self._db.execute(
             "SELECT cp.id, cp.registered, cp.vendor, cp.model, cp.serial_number, cp.firmware_version, "
-            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, "
+            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, cp.ocpp_version, "
             "(SELECT max(updated_at) FROM connectors c WHERE c.charge_point_id = cp.id) AS last_status "
             f"FROM charge_points cp {where} ORDER BY cp.id", () if charge_point_id is None else (charge_point_id,))
         names = [c[0] for c in cursor.description]
@@ -790,6 +819,30 @@ class Store:
             "FROM connectors WHERE charge_point_id = ? ORDER BY connector_id", (charge_point_id,))
         names = [c[0] for c in cursor.description]
         return [dict(zip(names, row)) for row in cursor]
+
+    # OCPP 2.0.1 transactions (levity/ocpp201/handlers.py): Levity's integer id for the station's
+    # string id. Writes go through the same paths as 1.6 starts and stops; the caller commits
+    # (durably) before it answers, as the 1.6 handlers do.
+
+    def start_station_transaction(self, charge_point_id: str, station_transaction_id: str, connector_id: int | None,
+                                  evse_id: int | None, id_tag: str | None, meter_start: int | None,
+                                  start_timestamp: str, now: str, event_id: str | None = None) -> int:
+        transaction_id = self.start_transaction(charge_point_id, connector_id or 0, id_tag or "", meter_start or 0,
+                                                start_timestamp, None, now, event_id=event_id)
+        self._write("UPDATE transactions SET ocpp_version = '2.0.1', station_transaction_id = ?, evse_id = ?, "
+                    "meter_start_known = ? WHERE id = ?",
+                    (station_transaction_id, evse_id, int(meter_start is not None), transaction_id),
+                    key=transaction_id)  # dropped with the start when its commit fails
+        return transaction_id
+
+    def station_transaction(self, charge_point_id: str, station_transaction_id: str) -> StationTransaction | None:
+        """The transaction of this station with that transactionInfo.transactionId, if Levity has one."""
+        row = self._db.execute(
+            "SELECT id, meter_start_known FROM transactions WHERE charge_point_id = ? "
+            "AND station_transaction_id = ? ORDER BY id LIMIT 1", (charge_point_id, station_transaction_id)).fetchone()
+        if row is None:
+            return None
+        return StationTransaction(self.transaction(row[0]), station_transaction_id, bool(row[1]))
 
     # Operator API tokens (only their hashes) ----------------------------------------------------
 

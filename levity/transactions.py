@@ -1,7 +1,8 @@
 """One charging session, one start and one stop (shared/spec/audit-events.md, docs/billing.md).
 
 Chargers resend calls they are not sure were answered. The rules that keep billing right
-whatever they resend live here; the OCPP handlers (levity/chargepoint.py) apply them, the store
+whatever they resend live here; the OCPP handlers (levity/ocpp16/handlers.py,
+levity/ocpp201/handlers.py) apply them, the store
 (levity/store.py) keeps what they need across restarts, and each case is one `ocpp.anomaly`
 event (levity/audit/events.py) instead of a second start or stop:
 

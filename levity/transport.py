@@ -17,17 +17,14 @@ import logging
 import re
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
 from websockets.frames import CloseCode, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
-from levity.protocol import CallError, Reply, parse_frame
-
-if TYPE_CHECKING:
-    from levity.server import CentralSystem
+from levity.framing import CallError, Reply, parse_frame
 
 log = logging.getLogger("levity.transport")
 
@@ -87,14 +84,34 @@ def run_eagerly(coro: Coroutine, on_done: Callable[[Any, BaseException | None], 
     return asyncio.ensure_future(finish())
 
 
+class ConnectionHost(Protocol):
+    """What a connection needs from the server above it (levity.server.CentralSystem): the
+    handshake decisions and the hold on reading; passed in, never imported from up there."""
+
+    settings: Any
+    reading_pauses: dict[str, int]
+    subprotocols: list[str]
+
+    def select_subprotocol(self, offered: list[str]) -> str | None: ...
+
+    async def check_request(self, connection: "OcppConnection", request: Request) -> Response | None: ...
+
+    def prepare_response(self, connection: "OcppConnection", response: Response) -> None: ...
+
+    def opened(self, connection: "OcppConnection") -> None: ...
+
+    def holding(self, connection: "OcppConnection") -> bool: ...
+
+
 class OcppConnection(asyncio.Protocol):
     """The transport side of one charger. The server decides about the handshake and
     handles each text message; this class moves bytes, in order, with backpressure."""
 
-    def __init__(self, central: "CentralSystem"):
+    def __init__(self, central: ConnectionHost):
         self.central = central
         settings = central.settings
-        self.protocol = ServerProtocol(subprotocols=[central.subprotocol], select_subprotocol=central.select_subprotocol,
+        self.protocol = ServerProtocol(subprotocols=central.subprotocols,
+                                       select_subprotocol=lambda _, offered: central.select_subprotocol(offered),
                                        max_size=settings.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.request: Request | None = None

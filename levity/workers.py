@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 
 from levity import __version__, metrics
 from levity.commands import Unavailable
-from levity.config import ConfigError, Settings
+from levity.config import ConfigError, Settings, StartupError
 from levity.database import is_postgres, redact
 from levity.metrics import WorkerMetrics
 
@@ -577,8 +577,6 @@ def _is_upgrade(head: bytes) -> bool:
 
 
 async def _supervise(settings: Settings) -> int:
-    from levity.server import StartupError
-
     supervisor = Supervisor(settings)
     try:
         try:
@@ -710,8 +708,6 @@ def worker_main(argv: list[str]) -> int:
     configure_logging(settings.log_level, prefix=f"[worker {index}] ")
     os.umask(0o077)
     channel = socket.socket(fileno=fd)
-    from levity.server import StartupError
-
     try:
         asyncio.run(_work(settings, index, parent.workers, channel))
     except StartupError as exc:

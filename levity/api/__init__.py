@@ -8,7 +8,7 @@ async def serve_api(settings, backend, tokens, schemas):
     """Start the API listener of LEVITY_API_HOST:LEVITY_API_PORT; StartupError when it cannot bind."""
     from levity.api.app import create_app
     from levity.api.listener import ApiListener
-    from levity.server import StartupError
+    from levity.config import StartupError
 
     if settings.api_port == settings.port:
         raise StartupError(f"LEVITY_API_PORT ({settings.api_port}) is the chargers' port LEVITY_PORT: the operator "

@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from levity import __version__
 from levity.api.models import ChargePoint, ChargePointDetail, Problem, Transaction
 from levity.api.tokens import TokenStore
-from levity.commands import CENTRAL_SYSTEM_ACTIONS, DEFAULT_TIMEOUT, EXAMPLE_REQUESTS, CommandSchemas, Unavailable
-from levity.protocol import CHARGE_POINT_ACTIONS
+from levity.commands import (ACTIONS_BY_VERSION, CENTRAL_SYSTEM_ACTIONS, CSMS_ACTIONS_201, DEFAULT_TIMEOUT,
+                             EXAMPLE_REQUESTS, EXAMPLE_REQUESTS_201, CommandSchemas, Unavailable)
+from levity.ocpp16.validation import CHARGE_POINT_ACTIONS
+from levity.ocpp201.validation import CHARGING_STATION_ACTIONS
 
 PREFIX = "/api/v1"
 MAX_TIMEOUT = 300.0
@@ -134,18 +136,25 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
         return await backend.transactions(charge_point_id, open, limit)
 
     actions = ", ".join(CENTRAL_SYSTEM_ACTIONS)
+    actions_201 = ", ".join(CSMS_ACTIONS_201)
+    examples = {action: {"summary": f"{action} ({profile})", "value": EXAMPLE_REQUESTS[action]}
+                for action, profile in CENTRAL_SYSTEM_ACTIONS.items()}
+    # The 2.0.1 ones apart (an extension of the media type): several actions share a name with
+    # a 1.6 call and take another payload.
+    examples_201 = {action: {"summary": f"{action} (OCPP 2.0.1, {block})", "value": EXAMPLE_REQUESTS_201[action]}
+                    for action, block in CSMS_ACTIONS_201.items()}
 
     @app.post(
         f"{PREFIX}/charge-points/{{charge_point_id}}/calls/{{action}}",
         summary="Send an OCPP call to a charger and wait for its answer",
-        description="The body is the call's payload as OCPP 1.6 spells it (camelCase). Actions: " + actions
+        description="The body is the call's payload as the charger's OCPP version spells it (camelCase). "
+                    "OCPP 1.6 actions: " + actions + ". OCPP 2.0.1 actions: " + actions_201
                     + ". 200 carries the charger's CALLRESULT payload.",
         responses={200: {"description": "the charger's CALLRESULT payload", "content": {"application/json": {
             "schema": {"type": "object"}}}}, **_problems(400, 401, 403, 404, 409, 502, 503, 504)},
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"type": "object", "description": "the OCPP 1.6 payload of the call"},
-            "examples": {action: {"summary": f"{action} ({profile})", "value": EXAMPLE_REQUESTS[action]}
-                         for action, profile in CENTRAL_SYSTEM_ACTIONS.items()}}}}})
+            "schema": {"type": "object", "description": "the payload of the call in the charger's OCPP version"},
+            "examples": examples, "x-ocpp-2.0.1-examples": examples_201}}}})
     async def send_call(
             request: Request, charge_point_id: str = Path(), action: str = Path(description=actions),
             timeout: float = Query(DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT, description="seconds to wait for the answer"),
@@ -153,10 +162,13 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
         if who.role != "operate":
             raise ProblemError(403, f"token {who.name!r} has the role {who.role!r}: sending calls needs a token "
                                "created with --role operate")
-        if action not in CENTRAL_SYSTEM_ACTIONS:
-            hint = (f"{action} is sent by charge points, not to them" if action in CHARGE_POINT_ACTIONS
-                    else f"{action[:40]!r} is not a call a central system sends in OCPP 1.6")
-            raise ProblemError(404, f"{hint}; the calls are: {actions} (spelled as OCPP does)")
+        versions = [version for version, table in ACTIONS_BY_VERSION.items() if action in table]
+        if not versions:
+            hint = (f"{action} is sent by charge points, not to them"
+                    if action in CHARGE_POINT_ACTIONS or action in CHARGING_STATION_ACTIONS
+                    else f"{action[:40]!r} is not a call a central system sends in OCPP 1.6 or 2.0.1")
+            raise ProblemError(404, f"{hint}; the calls are: {actions} (OCPP 1.6), {actions_201} (OCPP 2.0.1), "
+                               "spelled as OCPP does")
         body = await _body(request, max_payload_bytes)
         try:
             payload = json.loads(body, parse_constant=_no_constant) if body.strip() else None
@@ -165,9 +177,12 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
                                'a JSON object, e.g. {} when it has no fields') from None
         if payload is None:
             raise ProblemError(400, f"the body is empty: send the {action} payload as a JSON object ({{}} for none)")
-        error = schemas.request_error(action, payload)
-        if error is not None:
-            raise ProblemError(400, f"{action}: {error} (OCPP 1.6 {action}.req)")
+        # Refused here when no version's schema takes it; the charger's own version is checked
+        # where its connection is (a payload valid only in the other version: 400 from there).
+        errors = {version: schemas.request_error(action, payload, version) for version in versions}
+        if None not in errors.values():
+            version, error = next(iter(errors.items()))
+            raise ProblemError(400, f"{action}: {error} (OCPP {version} {action}{'.req' if version == '1.6' else ''})")
         answer = await backend.call(charge_point_id, action, payload, who.name, timeout)
         return _call_response(charge_point_id, action, answer, timeout)
 
@@ -195,6 +210,10 @@ def _call_response(charge_point_id: str, action: str, answer: dict[str, Any], ti
     if kind == "unknown":
         return problem(404, f"no charge point {charge_point_id!r} is known: check the id "
                             f"(GET {PREFIX}/charge-points lists them)")
+    if kind == "wrong_version":
+        return problem(404, answer["detail"])
+    if kind == "invalid":
+        return problem(400, answer["detail"])
     if kind == "busy":
         return problem(503, f"{charge_point_id} has too many calls waiting ({answer.get('detail')}): retry later",
                        {"Retry-After": "1"})

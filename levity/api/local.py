@@ -14,11 +14,11 @@ import uuid
 from typing import Any
 
 from levity.audit.events import iso_utc
-from levity.commands import Busy, CallSender, CommandResult
+from levity.commands import ACTIONS_BY_VERSION, Busy, CallSender, CommandResult
 
 log = logging.getLogger("levity.api")
 
-OCPP_VERSION = "1.6"
+OCPP_VERSION = "1.6"  # of charge points last seen before Levity kept the version
 
 
 class LocalOperations:
@@ -40,11 +40,18 @@ class LocalOperations:
         seen = session is not None or bool(row.get("last_boot") or row.get("last_heartbeat") or row.get("last_status"))
         return {
             "id": charge_point_id, "connected": session is not None,
-            "ocpp_version": OCPP_VERSION if seen else None, "last_seen": last_seen,
+            "ocpp_version": self._version(session, row) if seen else None, "last_seen": last_seen,
             "registered": bool(row.get("registered")), "vendor": row.get("vendor"), "model": row.get("model"),
             "serial_number": row.get("serial_number"), "firmware_version": row.get("firmware_version"),
             "registration_status": row.get("registration_status"),
         }
+
+    @staticmethod
+    def _version(session, row: dict[str, Any]) -> str:
+        """The live connection's OCPP version, else the last one seen."""
+        if session is not None:
+            return session.ocpp_version
+        return row.get("ocpp_version") or OCPP_VERSION
 
     async def charge_points(self) -> list[dict[str, Any]]:
         rows = {row["id"]: row for row in self.central.store.charge_point_rows()}
@@ -66,28 +73,39 @@ class LocalOperations:
 
     async def call(self, charge_point_id: str, action: str, payload: dict, requested_by: str,
                    timeout: float) -> dict[str, Any]:
-        """{"kind": "unknown" | "busy" | "done", ...}; "done" carries the CommandResult, which
-        was audited as one ocpp.command event (not_connected included)."""
+        """{"kind": "unknown" | "wrong_version" | "invalid" | "busy" | "done", ...}; "done" carries
+        the CommandResult, which was audited as one ocpp.command event (not_connected included).
+        The action and payload are checked against the charger's OCPP version (live or last seen)."""
         central = self.central
         session = central.sessions.get(charge_point_id)
+        rows = central.store.charge_point_rows(charge_point_id) if session is None else None
+        if session is None and not rows:
+            return {"kind": "unknown"}
+        version = self._version(session, rows[0] if rows else {})
+        if action not in ACTIONS_BY_VERSION[version]:
+            return {"kind": "wrong_version", "version": version,
+                    "detail": f"{action} is not a call a central system sends in OCPP {version}, the version "
+                              f"{charge_point_id} speaks; its calls are: {', '.join(ACTIONS_BY_VERSION[version])}"}
+        problem = central.command_schemas.request_error(action, payload, version)
+        if problem is not None:
+            return {"kind": "invalid", "detail": f"{action}: {problem} (OCPP {version} {action})"}
         if session is None:
-            if not central.store.charge_point_rows(charge_point_id):
-                return {"kind": "unknown"}
             result = CommandResult(action, str(uuid.uuid4()), "not_connected", sent=False,
                                    error_description="the charge point is not connected")
         else:
             if session.sender is None:
-                session.sender = CallSender(session.connection, central.command_schemas)
+                session.sender = CallSender(session.connection, central.command_schemas, version=version)
             try:
                 result = await session.sender.call(action, payload, timeout)
             except Busy as exc:
                 return {"kind": "busy", "detail": str(exc)}
-        self._audit(charge_point_id, payload, requested_by, result)
+        self._audit(charge_point_id, payload, requested_by, result, version)
         return {"kind": "done", "result": result.to_dict()}
 
-    def _audit(self, charge_point_id: str, payload: dict, requested_by: str, result: CommandResult) -> None:
+    def _audit(self, charge_point_id: str, payload: dict, requested_by: str, result: CommandResult,
+               version: str) -> None:
         central = self.central
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"ocpp_version": version}
         if result.outcome != "result":
             extra["error_description"] = result.error_description
         if result.invalid_answer:

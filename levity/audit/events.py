@@ -33,6 +33,16 @@ TAGS: dict[str, str] = {
     "command": "command",  # a call Levity sent to a charger (operator API)
     # "One session, one start and one stop": outside ocpp.transaction.** so billing routes never see it.
     "anomaly": "anomaly",
+    # OCPP 2.0.1 (the spec's "OCPP 2.0.1 on the same tags"; docs/ocpp201.md): a transaction's
+    # updates, and the messages 1.6 has no counterpart for.
+    "transaction_update": "transaction.update",
+    "notify_event": "notify_event",
+    "notify_report": "report",
+    "security_event": "security",
+    "log_status": "log",
+    "charging_limit": "charging_limit",
+    "charging_profiles_report": "charging_profiles",
+    "ev_charging_needs": "ev_charging_needs",
 }
 
 COMMON_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -44,7 +54,8 @@ COMMON_FIELDS: dict[str, type | tuple[type, ...]] = {
 
 # Every event carries `ocpp_version` (the spec's "every event" addition); required of anomaly
 # events, which never existed without it, so events spooled by earlier versions still conform.
-OCPP_VERSION = "1.6"  # the only protocol Levity speaks so far
+OCPP_VERSION = "1.6"  # the default; events of a 2.0.1 connection pass ocpp_version="2.0.1"
+OCPP_VERSIONS = ("1.6", "2.0.1")
 
 NoneType = type(None)
 
@@ -92,6 +103,14 @@ SPEC_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "error_code": (str, NoneType),
         "latency_ms": (int, float),
     },
+    "transaction_update": {
+        "transaction_id": (int, NoneType),
+        "station_transaction_id": str,
+        "trigger_reason": str,
+        "charging_state": (str, NoneType),
+        "samples_count": int,
+        "measurands": list,
+    },
     "anomaly": {
         "ocpp_version": str,
         "kind": str,
@@ -99,6 +118,14 @@ SPEC_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "first_event_id": (str, NoneType),
         "detail": str,
     },
+}
+
+# Where a 2.0.1 event may hold null (the spec's "OCPP 2.0.1 on the same tags": the station
+# did not send it); every other field keeps the type above in both versions.
+NULLABLE_201: dict[str, tuple[str, ...]] = {
+    "status_notification": ("error_code",),
+    "transaction_start": ("connector_id", "meter_start"),
+    "transaction_stop": ("meter_stop", "energy_delivered"),
 }
 
 # The `kind` of an `anomaly` event: what a charger sent that does not fit one session, one start
@@ -263,7 +290,10 @@ def conformance_errors(record: dict[str, Any]) -> list[str]:
     if event_type not in TAGS:
         return [f"unknown event_type {event_type!r}"]
     # Events the contract does not list (additions) need the common fields only.
+    nullable = NULLABLE_201.get(event_type, ()) if record.get("ocpp_version") == "2.0.1" else ()
     for name, expected in {**COMMON_FIELDS, **SPEC_FIELDS.get(event_type, {})}.items():
+        if name in nullable and name in record and record[name] is None:
+            continue
         if name not in record:
             errors.append(f"{event_type}: missing field {name!r}")
         elif not isinstance(record[name], expected) or isinstance(record[name], bool):

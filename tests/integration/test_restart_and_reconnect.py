@@ -94,7 +94,7 @@ async def test_handshake_follows_ocpp_j(levity):
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(ws.recv(), 5)
         assert closed.value.rcvd.code == 1002
-    async with websockets.connect(f"{server.url}/CP-OTHER", subprotocols=["ocpp2.0.1"]) as ws:
+    async with websockets.connect(f"{server.url}/CP-OTHER", subprotocols=["ocpp2.0"]) as ws:
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
     # No valid charge point id: refused before the upgrade.

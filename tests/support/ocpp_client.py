@@ -11,11 +11,17 @@ from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16 import call
 
 
-@contextlib.asynccontextmanager
-async def library_charge_point(url: str, charge_point_id: str):
+def library_charge_point(url: str, charge_point_id: str):
     """An `ocpp` library charge point connected to Levity; its reader runs in a task."""
-    async with websockets.connect(f"{url}/{charge_point_id}", subprotocols=["ocpp1.6"]) as ws:
-        cp = LibraryChargePoint(charge_point_id, ws)
+    return library_client(url, charge_point_id, LibraryChargePoint, "ocpp1.6")
+
+
+@contextlib.asynccontextmanager
+async def library_client(url: str, charge_point_id: str, library_class, subprotocol: str):
+    """An instance of an `ocpp` library ChargePoint class (either version) connected with `subprotocol`."""
+    async with websockets.connect(f"{url}/{charge_point_id}", subprotocols=[subprotocol]) as ws:
+        assert ws.subprotocol == subprotocol
+        cp = library_class(charge_point_id, ws)
         reader = asyncio.create_task(cp.start())
         try:
             yield cp

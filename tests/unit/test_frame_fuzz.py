@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from levity.audit.events import EventFactory
 from levity.audit.sink import NullSink
-from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
-from levity.protocol import CHARGE_POINT_ACTIONS, PayloadValidator
+from levity.ocpp16.handlers import Authorizer, CentralSystemContext, ChargePoint
+from levity.ocpp16.validation import CHARGE_POINT_ACTIONS, PayloadValidator
 from levity.store import Store
 
 ERROR_CODES = {"NotImplemented", "NotSupported", "InternalError", "ProtocolError", "SecurityError",
@@ -93,7 +93,7 @@ def test_replies_to_no_pending_call_are_never_answered(message_type, unique_id, 
 def test_integers_at_the_64_bit_boundary():
     """SQLite stores 64-bit integers: one beyond gets TypeConstraintViolation, the edges pass,
     whether the frame goes through orjson (up to 2**64-1) or the standard parser (beyond)."""
-    from levity.protocol import CallError, parse_frame
+    from levity.framing import CallError, parse_frame
 
     def check(meter_start: int):
         frame = json.dumps([2, "b", "StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": meter_start,

@@ -9,8 +9,10 @@ import sqlite3
 
 from levity.audit.events import EventFactory
 from levity.audit.sink import NotDurable
-from levity.chargepoint import Authorizer, CentralSystemContext, ChargePoint
-from levity.protocol import PayloadValidator, parse_frame
+from levity.handling import Authorizer, CentralSystemContext
+from levity.ocpp16.handlers import ChargePoint
+from levity.framing import parse_frame
+from levity.ocpp16.validation import PayloadValidator
 from levity.store import Store
 
 START = {"connectorId": 1, "idTag": "TAG", "meterStart": 1000, "timestamp": "2024-01-15T10:10:00Z"}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from levity.audit.events import ANOMALY_KINDS, EventFactory, IdTagPolicy, TAGS, conformance_errors
-from levity.chargepoint import Authorizer, CentralSystemContext
+from levity.handling import Authorizer, CentralSystemContext
 from levity.fluentconf.units import tag_pattern_covers
 from levity.store import Store
 from levity.transactions import (close_abandoned, highest_register, register_wh, registers_in, repeated_stop_detail,

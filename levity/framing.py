@@ -1,31 +1,17 @@
-"""OCPP-J 1.6 framing: parse a WebSocket text frame, validate a CALL, build the answers.
+"""OCPP-J framing, shared by both OCPP versions: parse a WebSocket text frame, read a CALL,
+build the answers, and validate payloads with compiled JSON schemas.
 
 Written here rather than taken from the `ocpp` library's ChargePoint.route_message because
 that one answers malformed frames with silence, swaps NotImplemented and NotSupported,
 echoes whole raw messages in error details, and validates with interpreted jsonschema
 (about 40% of a server's time). The schemas are the library's own bundled OCA schemas,
-compiled once with fastjsonschema.
+compiled once with fastjsonschema; each version (levity/ocpp16/, levity/ocpp201/) says which
+schemas, which actions, and how its CALLERROR codes are spelled.
 
-Error codes (OCPP-J 1.6, section 4.2.3), as Levity uses them:
-
-| what is wrong                                      | CALLERROR code               |
-|----------------------------------------------------|------------------------------|
-| not JSON, not an array, bad element types/count    | FormationViolation           |
-| NaN, Infinity, numbers beyond a double (1e999)     | FormationViolation           |
-| UniqueId empty or longer than 36 characters        | FormationViolation           |
-| unknown message type id                            | FormationViolation           |
-| action not defined by OCPP 1.6                     | NotImplemented               |
-| 1.6 action that a Central System does not take     | NotSupported                 |
-| payload field of the wrong JSON type               | TypeConstraintViolation      |
-| missing required field, unexpected extra field     | OccurenceConstraintViolation |
-| value out of range: enum, length, minimum, format  | PropertyConstraintViolation  |
-| negative connectorId (0 in StartTransaction)       | PropertyConstraintViolation  |
-| date-time field not RFC 3339 (2024-01-15T10:00:00Z)| PropertyConstraintViolation  |
-| payload not an object                              | FormationViolation           |
-| handler failure                                    | InternalError                |
-
-When the unique id of a broken frame cannot be read, the answer carries "-1" (the convention
-OCPP 2.0.1 made explicit). CALLRESULT and CALLERROR frames are never answered (OCPP-J).
+The codes raised here are OCPP-J 1.6's; a 2.0.1 connection renames the few that 2.0.1
+spells differently (levity/ocpp201/validation.py). When the unique id of a broken frame
+cannot be read, the answer carries "-1" (the convention OCPP 2.0.1 made explicit).
+CALLRESULT and CALLERROR frames are never answered (OCPP-J).
 """
 
 from __future__ import annotations
@@ -40,33 +26,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import fastjsonschema
-import ocpp.v16
 import orjson
-from ocpp.v16.enums import Action
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_UNIQUE_ID_LENGTH = 36
 MAX_DESCRIPTION_LENGTH = 255
-
-# Actions a charge point sends to a Central System in OCPP 1.6 (core and security whitepaper).
-CHARGE_POINT_ACTIONS = frozenset({
-    "Authorize", "BootNotification", "DataTransfer", "DiagnosticsStatusNotification",
-    "FirmwareStatusNotification", "Heartbeat", "MeterValues", "StartTransaction",
-    "StatusNotification", "StopTransaction", "LogStatusNotification", "SecurityEventNotification",
-    "SignCertificate", "SignedFirmwareStatusNotification",
-})
-ALL_16_ACTIONS = frozenset(a.value for a in Action)
-
-_SCHEMA_DIR = Path(ocpp.v16.__file__).parent / "schemas"
-
-_RULE_TO_CODE = {
-    "type": "TypeConstraintViolation",
-    "required": "OccurenceConstraintViolation",
-    "additionalProperties": "OccurenceConstraintViolation",
-    "minItems": "OccurenceConstraintViolation",
-    "maxItems": "OccurenceConstraintViolation",
-}
-
+CALL, CALLRESULT, CALLERROR = 2, 3, 4
+MAX_UNIQUE_ID_LENGTH = 36
+MAX_DESCRIPTION_LENGTH = 255
 
 class CallError(Exception):
     """An error to answer with a CALLERROR frame."""
@@ -251,15 +218,16 @@ def parse_frame(raw: str | bytes) -> Call | Reply:
                     unique_id)
 
 
-def _any_date_time(value: str) -> bool:
+def any_date_time(value: str) -> bool:
     return True
 
 
-def compile_schema(name: str, adjust: Callable[[dict], None] | None = None,
-                   date_time: Callable[[str], bool] = _any_date_time) -> Callable[[Any], Any]:
-    """The bundled OCA schema `name` (e.g. `Reset`, `ResetResponse`) compiled with fastjsonschema.
-    `date_time` checks the fields the schema marks `format: date-time` (by default not at all)."""
-    schema = json.loads((_SCHEMA_DIR / f"{name}.json").read_text(encoding="utf-8-sig"))
+def compile_schema_file(path: Path, adjust: Callable[[dict], None] | None = None,
+                        date_time: Callable[[str], bool] = any_date_time) -> Callable[[Any], Any]:
+    """The OCA schema at `path` compiled with fastjsonschema. `date_time` checks the fields the
+    schema marks `format: date-time` (by default not at all)."""
+    schema = json.loads(path.read_text(encoding="utf-8-sig"))
+    schema.pop("$id", None)  # 2.0.1 schemas name a urn fastjsonschema would try to resolve
     if adjust is not None:
         adjust(schema)
     return fastjsonschema.compile(schema, formats={"date-time": date_time})
@@ -271,30 +239,47 @@ def schema_error_text(exc: fastjsonschema.JsonSchemaValueException) -> str:
     return exc.message.replace(exc.name or "", field, 1)
 
 
-class PayloadValidator:
-    """Validates CALL payloads of charge point actions against the bundled OCPP 1.6 schemas."""
+# Which CALLERROR a failed schema rule gets, as OCPP-J 1.6 spells the codes (2.0.1 renames
+# some: levity/ocpp201/validation.py); any other rule is a PropertyConstraintViolation.
+RULE_TO_CODE = {
+    "type": "TypeConstraintViolation",
+    "required": "OccurenceConstraintViolation",
+    "additionalProperties": "OccurenceConstraintViolation",
+    "minItems": "OccurenceConstraintViolation",
+    "maxItems": "OccurenceConstraintViolation",
+}
 
-    def __init__(self, lenient_measurands: bool = False, lenient_timestamps: bool = False):
+
+def check_direction(call: Call, handled: frozenset[str], defined: frozenset[str], not_sent: str,
+                    not_defined: str) -> None:
+    """NotSupported for an action of the version sent the wrong way (`not_sent`), NotImplemented
+    for one the version does not define (`not_defined`); both formatted with {action}."""
+    if call.action in handled:
+        return
+    if call.action in defined:
+        raise CallError("NotSupported", not_sent.format(action=call.action), call.unique_id)
+    raise CallError("NotImplemented", not_defined.format(action=call.action[:40]), call.unique_id)
+
+
+class SchemaValidator:
+    """Validates CALL payloads against one OCPP version's compiled schemas; subclasses say
+    how a schema is compiled and which CALLERROR code each failed rule gets."""
+
+    rule_codes: dict[str, str] = {}
+    default_code = "PropertyConstraintViolation"
+    type_code = "TypeConstraintViolation"
+    # False when the handled schemas have integers at the top level only (1.6): then a payload
+    # orjson parsed is checked there only (see Call.may_hold_large_integers).
+    nested_integers = True
+
+    def __init__(self) -> None:
         self._validators: dict[str, Callable[[Any], Any]] = {}
-        self._lenient_measurands = lenient_measurands
-        self._lenient_timestamps = lenient_timestamps
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
-        def adjust(schema: dict) -> None:
-            if self._lenient_measurands and action in ("MeterValues", "StopTransaction"):
-                _relax_sampled_value_enums(schema)
-            connector = schema.get("properties", {}).get("connectorId")
-            if connector is not None:
-                # OCPP 1.6: connectorId > 0 in StartTransaction, >= 0 elsewhere; the JSON schemas omit it.
-                connector["minimum"] = 1 if action == "StartTransaction" else 0
-
-        # LEVITY_LENIENT_TIMESTAMPS: for chargers known to send other ISO 8601 variants
-        # (no offset, a space for the T); their data is kept rather than refused.
-        return compile_schema(action, adjust,
-                              _any_date_time if self._lenient_timestamps else is_rfc3339_date_time)
+        raise NotImplementedError
 
     def compile(self, actions) -> None:
-        """Compile ahead of the first call (about 60 ms for all ten)."""
+        """Compile ahead of the first call (about 60 ms for ten schemas)."""
         for action in actions:
             self._validator(action)
 
@@ -309,34 +294,11 @@ class PayloadValidator:
         try:
             validator(call.payload)
         except fastjsonschema.JsonSchemaValueException as exc:
-            code = _RULE_TO_CODE.get(exc.rule, "PropertyConstraintViolation")
+            code = self.rule_codes.get(exc.rule, self.default_code)
             raise CallError(code, f"{call.action}: {schema_error_text(exc)}", call.unique_id) from None
-        if call.may_hold_large_integers:
+        if call.may_hold_large_integers or self.nested_integers:
             oversized = _oversized_integer(call.payload)
         else:
             oversized = any(type(value) is int and value not in INT64 for value in call.payload.values())
         if oversized:
-            raise CallError("TypeConstraintViolation", f"{call.action}: integer out of range", call.unique_id)
-
-
-def check_action(call: Call) -> None:
-    """NotImplemented for actions OCPP 1.6 does not define, NotSupported for the wrong direction."""
-    if call.action in CHARGE_POINT_ACTIONS:
-        return
-    if call.action in ALL_16_ACTIONS:
-        raise CallError("NotSupported", f"{call.action} is not sent by a charge point", call.unique_id)
-    raise CallError("NotImplemented", f"unknown action {call.action[:40]!r}", call.unique_id)
-
-
-def _relax_sampled_value_enums(schema: dict) -> None:
-    """Drop enum constraints on sampledValue fields (measurand, unit, ...): the documented
-    escape for chargers that send out-of-spec values (LEVITY_LENIENT_MEASURANDS)."""
-    if isinstance(schema, dict):
-        if "sampledValue" in schema.get("properties", {}):
-            for prop in schema["properties"]["sampledValue"]["items"]["properties"].values():
-                prop.pop("enum", None)
-        for value in schema.values():
-            _relax_sampled_value_enums(value)
-    elif isinstance(schema, list):
-        for item in schema:
-            _relax_sampled_value_enums(item)
+            raise CallError(self.type_code, f"{call.action}: integer out of range", call.unique_id)

@@ -2,7 +2,7 @@
 
 Handlers follow the `ocpp` library's own examples (`@on(Action...)` on a ChargePoint
 subclass, snake_case keyword arguments, `call_result` dataclasses as answers). Framing and
-validation are Levity's (levity.protocol), so every handler is registered with
+validation are Levity's (levity.framing, levity.ocpp16.validation), so every handler is registered with
 skip_schema_validation: the payload was already checked against the same schemas.
 """
 
@@ -13,116 +13,28 @@ import contextlib
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-import yaml
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as OcppChargePoint
 from ocpp.v16 import call_result
 from ocpp.v16.datatypes import IdTagInfo
-from ocpp.v16.enums import Action, AuthorizationStatus
+from ocpp.v16.enums import Action
 
 from levity import metrics
-from levity.audit.events import DEFAULT_MEASURAND, EventFactory, count_samples, iso_utc, new_event_id
-from levity.audit.sink import AuditSink, NotDurable
-from levity.protocol import CALLRESULT, Call, CallError, PayloadValidator, Reply, call_result as encode_result
-from levity.protocol import check_action, parse_frame, response_payload, to_snake
-from levity.store import StorageError, Store
+from levity.audit.events import DEFAULT_MEASURAND, count_samples, new_event_id
+from levity.audit.sink import NotDurable
+from levity.framing import CALLRESULT, Call, CallError, Reply, call_result as encode_result
+from levity.framing import parse_frame, response_payload, to_snake
+# Authorizer and CentralSystemContext are re-exported: callers of the 1.6 handlers import them here.
+from levity.handling import RETRY_INTERVAL, Authorizer, CentralSystemContext, TokenBucket, _now  # noqa: F401
+from levity.handling import not_stored, store_then_audit
+from levity.ocpp16.validation import check_action
+from levity.store import StorageError
 from levity.transactions import (abandoned_detail, abandoned_event, highest_register, meter_anomalies,
                                  register_above_stop, registers_in, repeated_stop_detail, stop_request)
 
 log = logging.getLogger(__name__)
-
-RETRY_INTERVAL = 60  # seconds a Pending/Rejected charger waits before booting again
-AUTH_STATUSES = {s.value for s in AuthorizationStatus} - {"ConcurrentTx"}
-
-
-class Authorizer:
-    """Id tag decisions: every tag Accepted, or a list of tag -> Accepted/Blocked/Expired/Invalid
-    (tags not listed are Invalid)."""
-
-    def __init__(self, statuses: dict[str, str] | None = None):
-        self._statuses = statuses
-
-    @classmethod
-    def from_file(cls, path: str | None) -> "Authorizer":
-        if not path:
-            return cls(None)
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of id tag to status")
-        statuses = {}
-        for tag, status in data.items():
-            if status not in AUTH_STATUSES:
-                raise ValueError(f"{path}: id tag {tag!r}: status {status!r} is not one of {sorted(AUTH_STATUSES)}")
-            statuses[str(tag)] = status
-        return cls(statuses)
-
-    def status(self, id_tag: str) -> str:
-        if self._statuses is None:
-            return AuthorizationStatus.accepted.value
-        return self._statuses.get(id_tag, AuthorizationStatus.invalid.value)
-
-
-class TokenBucket:
-    """Calls per second per charger: bursts up to twice the rate, then answers slow down.
-    Slowing (not refusing) keeps every call of a charger that misbehaves briefly."""
-
-    def __init__(self, rate: float):
-        self.rate = rate
-        self.capacity = max(1.0, 2 * rate)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-
-    def delay(self) -> float:
-        """Take one token; return how long to wait first (0 when within the rate)."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-class CentralSystemContext:
-    """What every charge point handler shares: built once by the server."""
-
-    def __init__(self, *, store: Store, sink: AuditSink, events: EventFactory, authorizer: Authorizer,
-                 validator: PayloadValidator, boot_policy: str = "accept", heartbeat_interval: int = 300,
-                 max_calls_per_second: float = 50.0):
-        self.max_calls_per_second = max_calls_per_second
-        self.throttled = 0
-        self.not_stored = 0  # transaction calls answered with a CALLERROR because storage failed
-        self.store = store
-        self.sink = sink
-        self.events = events
-        self.authorizer = authorizer
-        self.validator = validator
-        self.boot_policy = boot_policy
-        self.heartbeat_interval = heartbeat_interval
-        self._transaction_locks: dict[str, list] = {}  # charge point id -> [asyncio.Lock, users]
-
-    @contextlib.asynccontextmanager
-    async def transaction_lock(self, charge_point_id: str):
-        """Held by a transaction decision (repeated start or stop, abandoned, a meter check) from
-        its reads until its writes are committed: the store's reads see only committed data, so
-        the next decision for this charge point, on this connection or a new one after a
-        reconnect, must wait for them. Created on demand, dropped when nobody holds or awaits it."""
-        entry = self._transaction_locks.get(charge_point_id)
-        if entry is None:
-            entry = self._transaction_locks[charge_point_id] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if not entry[1]:
-                del self._transaction_locks[charge_point_id]
-
-
-def _now() -> str:
-    return iso_utc(time.time_ns())
 
 
 class ChargePoint(OcppChargePoint):
@@ -160,8 +72,7 @@ class ChargePoint(OcppChargePoint):
         received = time.perf_counter()
         wait = self._bucket.delay()
         if wait:
-            self.ctx.throttled += 1
-            await asyncio.sleep(wait)
+            await self.ctx.throttle(wait)
         await self.route_message(raw, received)
 
     async def route_message(self, raw: str | bytes, received: float | None = None) -> None:
@@ -190,7 +101,7 @@ class ChargePoint(OcppChargePoint):
             response = await handler(self, **to_snake(call.payload))
             payload = response_payload(response)
         except (StorageError, NotDurable) as failure:
-            return self._not_stored(call, failure).frame()
+            return not_stored(self.ctx, self.id, call, failure).frame()
         except CallError as error:
             log.warning("%s: %s %s answered with %s: %s", self.id, call.action[:40], call.unique_id,
                         error.code, error.description)
@@ -218,59 +129,6 @@ class ChargePoint(OcppChargePoint):
 
     async def _send(self, message: str) -> None:
         await self._connection.send(message)
-
-    # Storage failures on transaction calls ------------------------------------------------
-
-    async def _store_then_audit(self, transaction_id: int, event, anomalies=(), undo=None) -> None:
-        """Before a StartTransaction/StopTransaction answer: the row is committed (fsynced),
-        then its audit event is on disk. Either failing raises StorageError/NotDurable, which
-        answer() turns into a CALLERROR; never an answer for something not stored.
-
-        anomalies: this call's ocpp.anomaly events. Queued only once the row is committed and
-        just before `event`, they reach disk with it; a call not stored sends none (its writes,
-        an abandoned close included, are dropped with its commit and the resend decides again).
-        undo: when the event surely did not reach disk (the row did), or the database refused
-        the row alone, writes back what the call changed, so the charger's resend is not taken
-        for a repeat; committed before the caller releases its transaction lock. An anomaly
-        queued ahead of the failed event may still have reached disk: the resend's anomaly then
-        repeats it (a new event id)."""
-        try:
-            await self.ctx.store.commit_durable(transaction_id)
-        except StorageError as failure:
-            if failure.refused and undo is not None:  # its other writes (a close) committed without it
-                await self._undo(undo)
-            raise
-        for anomaly in anomalies:
-            self.ctx.sink.emit(anomaly)
-        try:
-            await self.ctx.sink.emit_durable(event)
-        except NotDurable as failure:
-            if undo is not None and not failure.maybe_written:
-                await self._undo(undo)
-            raise
-
-    async def _undo(self, undo) -> None:
-        undo()
-        try:
-            await self.ctx.store.commit_durable()
-        except StorageError:
-            pass  # logged by the store; the undo stays queued and is retried
-
-    def _not_stored(self, call: Call, failure: Exception) -> CallError:
-        """OCPP 1.6 (edition 2) section 3.7, "Transaction-related messages", and 3.7.1, "Error
-        responses to transaction-related messages": when the Central System fails to process a
-        transaction-related message the Charge Point resends it (TransactionMessageAttempts,
-        TransactionMessageRetryInterval); in OCPP-J that failure is a CALLERROR. InternalError:
-        the call was valid, Levity could not store it."""
-        self.ctx.not_stored += 1
-        # The store and the sink each log once per failure episode; per call only debug.
-        log.debug("%s: %s %s not stored (%s): answered InternalError so the charger retries",
-                  self.id, call.action, call.unique_id, failure)
-        self.ctx.sink.emit(self.ctx.events.make(
-            "call_error", self.id, action=call.action[:64], unique_id=call.unique_id, error_code="InternalError",
-            error_description="not stored"))
-        return CallError("InternalError", "Levity could not store this transaction message; send it again",
-                         call.unique_id)
 
     # Handlers -----------------------------------------------------------------------------
 
@@ -355,7 +213,7 @@ class ChargePoint(OcppChargePoint):
                 for old in closed:
                     store.reopen_abandoned(old.id, old.abandon_event_id)
 
-            await self._store_then_audit(transaction_id, events.make(
+            await store_then_audit(self.ctx, transaction_id, events.make(
                 "transaction_start", self.id, event_id=event_id, connector_id=connector_id, id_tag=id_tag,
                 meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp),
                 abandoned, undo)
@@ -408,7 +266,7 @@ class ChargePoint(OcppChargePoint):
                 def undo() -> None:  # its transaction_stop is not on disk: the resend is the first stop
                     store.forget_stop(transaction_id, event_id)
 
-            await self._store_then_audit(transaction_id, events.make(
+            await store_then_audit(self.ctx, transaction_id, events.make(
                 "transaction_stop", self.id, event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
                 energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, **extra), anomalies, undo)
             if known is not None:
