@@ -72,6 +72,15 @@ CREATE TABLE connection_owners (
     connected_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 """),
+    (3, "OCPP 2.0.1: each charge point's OCPP version; a transaction's station id, EVSE and known start", """
+ALTER TABLE charge_points ADD COLUMN ocpp_version TEXT;
+ALTER TABLE transactions ADD COLUMN ocpp_version TEXT;
+ALTER TABLE transactions ADD COLUMN station_transaction_id TEXT;
+ALTER TABLE transactions ADD COLUMN evse_id INTEGER;
+ALTER TABLE transactions ADD COLUMN meter_start_known INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX transactions_station ON transactions (charge_point_id, station_transaction_id)
+    WHERE station_transaction_id IS NOT NULL;
+"""),
 ]
 
 LATEST = MIGRATIONS[-1][0]

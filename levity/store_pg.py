@@ -29,7 +29,7 @@ import psycopg
 
 from levity.database import DatabaseStartupError, redact
 from levity.schema_pg import SchemaError, check
-from levity.store import TRANSACTION_SELECT, StorageError, Transaction, _operator_view
+from levity.store import TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _operator_view
 
 log = logging.getLogger("levity.store")
 
@@ -288,6 +288,10 @@ class PostgresStore:
              "model": info.get("model"), "serial": info.get("serial_number"),
              "firmware": info.get("firmware_version"), "status": status, "now": now})
 
+    def record_ocpp_version(self, charge_point_id: str, version: str) -> None:
+        """As Store.record_ocpp_version: the version of a known charge point's latest connection."""
+        self._write("UPDATE charge_points SET ocpp_version = %s WHERE id = %s", (version, charge_point_id))
+
     def record_heartbeat(self, charge_point_id: str, now: str) -> None:
         self._heartbeats[charge_point_id] = now
         self._schedule()
@@ -458,7 +462,7 @@ class PostgresStore:
         where = "WHERE cp.id = %s" if charge_point_id is not None else ""
         cursor = self._read(
             "SELECT cp.id, cp.registered, cp.vendor, cp.model, cp.serial_number, cp.firmware_version, "
-            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, "
+            "cp.registration_status, cp.first_seen, cp.last_boot, cp.last_heartbeat, cp.ocpp_version, "
             "(SELECT max(updated_at) FROM connectors c WHERE c.charge_point_id = cp.id) AS last_status "
             f"FROM charge_points cp {where} ORDER BY cp.id", () if charge_point_id is None else (charge_point_id,))
         names = [c.name for c in cursor.description]
@@ -470,6 +474,28 @@ class PostgresStore:
             "FROM connectors WHERE charge_point_id = %s ORDER BY connector_id", (charge_point_id,))
         names = [c.name for c in cursor.description]
         return [dict(zip(names, row)) for row in cursor]
+
+    # OCPP 2.0.1 transactions (as in Store): Levity's integer id for the station's string id.
+
+    def start_station_transaction(self, charge_point_id: str, station_transaction_id: str, connector_id: int | None,
+                                  evse_id: int | None, id_tag: str | None, meter_start: int | None,
+                                  start_timestamp: str, now: str, event_id: str | None = None) -> int:
+        transaction_id = self.start_transaction(charge_point_id, connector_id or 0, id_tag or "", meter_start or 0,
+                                                start_timestamp, None, now, event_id=event_id)
+        self._write("UPDATE transactions SET ocpp_version = '2.0.1', station_transaction_id = %s, evse_id = %s, "
+                    "meter_start_known = %s WHERE id = %s",
+                    (station_transaction_id, evse_id, int(meter_start is not None), transaction_id),
+                    key=transaction_id)  # dropped with the start when its commit fails
+        return transaction_id
+
+    def station_transaction(self, charge_point_id: str, station_transaction_id: str) -> StationTransaction | None:
+        """As Store.station_transaction."""
+        row = self._read(
+            "SELECT id, meter_start_known FROM transactions WHERE charge_point_id = %s "
+            "AND station_transaction_id = %s ORDER BY id LIMIT 1", (charge_point_id, station_transaction_id)).fetchone()
+        if row is None:
+            return None
+        return StationTransaction(self.transaction(row[0]), station_transaction_id, bool(row[1]))
 
     # Operator API tokens (only their hashes) ----------------------------------------------------
 

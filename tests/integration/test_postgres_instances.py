@@ -162,6 +162,51 @@ async def test_a_stale_connection_on_the_old_instance_loses_to_the_newest_on_ano
     assert disconnect["replaced"] is True
 
 
+async def test_201_transaction_started_on_a_killed_instance_ends_on_another_with_the_right_energy(instances):
+    from tests.integration.test_ocpp201 import wait_for_audit
+    from tests.integration.test_operator_api import client, create_token
+    from tests.support.levity_process import api_env
+    from tests.support.ocpp201_client import BOOT as BOOT201
+    from tests.support.ocpp201_client import energy, library_charging_station, transaction_event
+
+    [first] = instances(1)
+    [second] = instances(1, api_env())
+
+    def ended(seq_no: int):
+        return transaction_event("Ended", "st-pg", seq_no, timestamp="2024-01-15T11:00:00Z",
+                                 trigger_reason="EVDeparted", stopped_reason="EVDisconnected",
+                                 meter_value=energy(15.5, "kWh", timestamp="2024-01-15T11:00:00Z"))
+
+    async with library_charging_station(first.url, "CS-PG") as cs:
+        await cs.call(BOOT201)
+        await cs.call(transaction_event("Started", "st-pg", 0, timestamp="2024-01-15T10:10:00Z",
+                                        trigger_reason="Authorized", id_token="USER-PG", evse={"id": 1, "connector_id": 1},
+                                        meter_value=energy(1.5, "kWh")))
+        await cs.call(transaction_event("Updated", "st-pg", 1, timestamp="2024-01-15T10:30:00Z",
+                                        trigger_reason="MeterValuePeriodic", meter_value=energy(8, "kWh")))
+    [start] = audit(first, "transaction_start")  # on disk before the station got its answer
+    first.kill()  # the host dies: nothing flushes
+    async with library_charging_station(second.url, "CS-PG") as cs:
+        await cs.call(BOOT201)
+        await cs.call(ended(2))
+        await cs.call(ended(3))  # resent (no answer seen, say): one stop, not two
+    [stop] = await wait_for_audit(second, lambda r: r["event_type"] == "transaction_stop")
+    [repeat] = await wait_for_audit(second, lambda r: r["event_type"] == "anomaly")
+
+    assert isinstance(start["transaction_id"], int)
+    assert (start["station_transaction_id"], start["meter_start"], start["evse_id"], start["ocpp_version"]) == \
+        ("st-pg", 1500, 1, "2.0.1")
+    assert stop["transaction_id"] == start["transaction_id"] and stop["station_transaction_id"] == "st-pg"
+    assert (stop["meter_stop"], stop["energy_delivered"]) == (15_500, 14_000)
+    assert "unknown_transaction" not in stop
+    assert (repeat["kind"], repeat["transaction_id"], repeat["first_event_id"]) == \
+        ("repeated_stop", start["transaction_id"], stop["event_id"])
+    token = create_token(second, "ops", "read")
+    async with client(second, token) as api:
+        listed = (await api.get("/charge-points/CS-PG")).json()
+    assert listed["ocpp_version"] == "2.0.1"
+
+
 # The database going away while serving ------------------------------------------------------
 
 async def test_heartbeats_are_answered_while_the_database_is_down_and_no_write_is_lost(levity, own_postgres_server):

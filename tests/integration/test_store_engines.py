@@ -33,12 +33,20 @@ def exercise(store) -> dict:
         store.close_abandoned(second, "again", NOW, "e5")
     pending = [t.id for t in store.pending_closes()]
     store.mark_close_sent(second)
+    # OCPP 2.0.1: the version of the latest connection; Levity's id for a station's string id.
+    store.record_ocpp_version("CP1", "2.0.1")
+    unseen = store.station_transaction("CP1", "st-1")
+    station = store.start_station_transaction("CP1", "st-1", 1, 3, "TAG", 1500, NOW, NOW, event_id="e6")
+    store.stop_transaction(station, 9000, "2024-01-15T12:00:00Z", "EVDisconnected", None, NOW, event_id="e7")
+    # An Ended never started here: no connector, token or meter reading.
+    unknown = store.start_station_transaction("CP1", "st-2", None, None, None, None, NOW, NOW)
     store.commit()
     point = store.charge_point("CP1")
     return {
         "registered": store.registered_ids(), "is_registered": [store.is_registered("CP1"), store.is_registered("CP2")],
         "password": store.password_hash("CP1"),
-        "charge_point": {k: point[k] for k in ("registered", "vendor", "last_heartbeat", "firmware_status")},
+        "charge_point": {k: point[k] for k in ("registered", "vendor", "last_heartbeat", "firmware_status",
+                                               "ocpp_version")},
         "connector": tuple(store.connector_status("CP1", 1)),
         "identical": store.identical_start("CP1", 1, "TAG", 100, NOW).id == first,
         "meter_stop": store.meter_stop("CP1", first), "registers": [tuple(r) for r in store.energy_registers("CP1", first)],
@@ -50,6 +58,11 @@ def exercise(store) -> dict:
         "rows": [{k: v for k, v in row.items() if k != "last_status"} for row in store.charge_point_rows()],
         "connectors": store.connectors("CP1"),
         "counts": [store.count(t) for t in ("charge_points", "connectors", "transactions", "meter_values")],
+        "station_unseen": unseen, "station_ids": (station, unknown) == (second + 1, second + 2),
+        "station": store.station_transaction("CP1", "st-1"), "station_unknown": store.station_transaction("CP1", "st-2"),
+        "station_meter_starts": (store.station_transaction("CP1", "st-1").meter_start,
+                                 store.station_transaction("CP1", "st-2").meter_start),
+        "station_other_point": store.station_transaction("CP2", "st-1"),
     }
 
 
@@ -58,7 +71,14 @@ def test_postgres_and_sqlite_answer_the_same(tmp_path, postgres_server):
     assert levity_command("db", "upgrade", database=url).returncode == 0
     sqlite, pg = Store(str(tmp_path / "levity.db")), PostgresStore(url)
     try:
-        assert exercise(pg) == exercise(sqlite)
+        results = exercise(pg)
+        assert results == exercise(sqlite)
+        # The 2.0.1 calls did what they say (on both engines, as they agree).
+        assert results["charge_point"]["ocpp_version"] == "2.0.1" and results["rows"][0]["ocpp_version"] == "2.0.1"
+        assert results["station_unseen"] is None and results["station_other_point"] is None
+        assert results["station_ids"] and results["station_meter_starts"] == (1500, None)
+        assert results["station"].transaction.stopped and results["station"].transaction.energy_delivered == 7500
+        assert results["station_unknown"].transaction.connector_id == 0 and not results["station_unknown"].meter_start_known
         pg.add_api_token("ops", "read", "h1", NOW)
         with pytest.raises(KeyError):
             pg.add_api_token("ops", "read", "h2", NOW)
