@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/levity: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,deploy,bench]'
+	$(BIN)/pip install --quiet -e '.[test,deploy,bench,postgresql]'
 	touch $@
 
 serve: $(BIN)/levity
