@@ -13,6 +13,11 @@ from tests.support.certs import make_certs
 from tests.support.real_fluentd import require_fluentd, run_dry_run
 
 ENV_REF = re.compile(r"ENV\['([A-Z_][A-Z0-9_]*)'\]")
+MISSING_PLUGIN = re.compile(r"Unknown \w+ plugin '(\w+)'")
+# Plugins that come in gems of their own, not with Fluentd: a Fluentd without one cannot check
+# the profiles that use it (as no Fluentd at all cannot check any).
+GEM_PLUGINS = {"elasticsearch", "s3", "cloudwatch_logs", "prometheus", "prometheus_monitor",
+               "prometheus_output_monitor"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +48,10 @@ def test_profile_passes_a_real_dry_run(name, fluentd, tls_dir, tmp_path):
     env = {variable: "test-value" for variable in ENV_REF.findall(text)}
     result = run_dry_run(fluentd, config, env)
     output = result.stdout + result.stderr
+    missing = MISSING_PLUGIN.search(output)
+    if result.returncode and missing and missing.group(1) in GEM_PLUGINS:
+        pytest.skip(f"the {name} profile uses the {missing.group(1)} plugin, a separate gem this Fluentd "
+                    f"({fluentd}) does not have")
     assert result.returncode == 0, output[-6000:]
     unused = [line for line in output.splitlines() if "is not used" in line]
     assert not unused, unused
