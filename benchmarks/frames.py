@@ -5,21 +5,26 @@ Every frame is built once: WebSocket header + a zero masking key + `[2,"` + uniq
 payload length) is fixed too and sending a call is one bytes concatenation. A zero masking
 key is valid (RFC 6455 only asks the key to be unpredictable, servers unmask whatever it is)
 and spares the client the XOR; the server does the same unmasking work with any key.
-Only MeterValues and StopTransaction carry a per-transaction value (the transactionId the
-server answered), so those two are assembled from two parts and get their header per call.
+The calls of a transaction carry per-transaction values, as a real charger's do: its energy
+register counting up from session to session, the time of the start and stop, and the
+transactionId the server answered. Those three frames are filled in per call (one bytes
+%-format) and get their header per call. Identical starts would be resends: since billing
+integrity rules answer a repeated StartTransaction with the first one's id, a client that sent
+the same start every time would measure the repeat path, not transactions.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 # Unique ids: 10 digits, per charger counter (unique per connection, which is what OCPP-J asks).
 UID_WIDTH = 10
 ZERO_MASK = b"\x00\x00\x00\x00"
 BENCH_TIMESTAMP = "2024-01-15T10:00:00.000Z"
 ID_TAG = "BENCHTAG01"
-METER_START = 10_000
-METER_STOP = 17_500
+METER_START = 10_000  # every charger's energy register at the first start, Wh
+SESSION_WH = 7_500  # energy of one benchmark session
 
 
 def ws_header(length: int, opcode: int = 0x1) -> bytes:
@@ -51,21 +56,18 @@ STATIC_PAYLOADS: dict[str, dict] = {
     "StatusNotificationCharging": {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
                                    "timestamp": BENCH_TIMESTAMP},
     "Authorize": {"idTag": ID_TAG},
-    "StartTransaction": {"connectorId": 1, "idTag": ID_TAG, "meterStart": METER_START,
-                         "timestamp": BENCH_TIMESTAMP},
     # Meter values outside a transaction (connector energy register), as chargers send them.
     "MeterValues": {"connectorId": 1, "meterValue": [{"timestamp": BENCH_TIMESTAMP, "sampledValue": [
         {"value": "12345", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
          "unit": "Wh"}]}]},
 }
 
-# Three samples per MeterValues in a transaction: energy, power, current.
-TX_METER_VALUE = [{"timestamp": BENCH_TIMESTAMP, "sampledValue": [
-    {"value": "12000", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-    {"value": "11000", "context": "Sample.Periodic", "measurand": "Power.Active.Import", "unit": "W"},
-    {"value": "16.0", "context": "Sample.Periodic", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
-]}]
-
+# Three samples per MeterValues in a transaction: energy (mid-session), power, current.
+TX_METER_VALUE = ('[{"timestamp":"%s","sampledValue":['
+                  '{"value":"%d","context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"Wh"},'
+                  '{"value":"11000","context":"Sample.Periodic","measurand":"Power.Active.Import","unit":"W"},'
+                  '{"value":"16.0","context":"Sample.Periodic","measurand":"Current.Import","phase":"L1","unit":"A"}'
+                  ']}]')
 # The action name a frame key stands for (StatusNotificationCharging is a StatusNotification).
 ACTION_OF = {key: key for key in STATIC_PAYLOADS}
 ACTION_OF["StatusNotificationCharging"] = "StatusNotification"
@@ -91,28 +93,39 @@ class StaticFrame:
 
 
 class TransactionFrame:
-    """A frame with the transactionId spliced in: `[2,"uid","Action",{before}ID{after}]`."""
+    """A frame whose payload is a bytes %-format template, filled in per call."""
 
-    __slots__ = ("key", "action", "before", "after")
+    __slots__ = ("key", "action", "before", "payload")
 
-    def __init__(self, key: str, action: str, before: bytes, after: bytes):
+    def __init__(self, key: str, action: str, payload: str):
         self.key, self.action = key, action
-        self.before = b'","' + action.encode() + b'",' + before
-        self.after = after + b"]"
+        self.before = b'","' + action.encode() + b'",'
+        self.payload = payload.encode() + b"]"
 
-    def build(self, uid: bytes, transaction_id: int) -> bytes:
-        body = b'[2,"' + uid + self.before + b"%d" % transaction_id + self.after
+    def build(self, uid: bytes, *values) -> bytes:
+        body = b'[2,"' + uid + self.before + self.payload % values
         return ws_header(len(body)) + ZERO_MASK + body
 
 
 STATIC = {key: StaticFrame(key, payload) for key, payload in STATIC_PAYLOADS.items()}
+# build(uid, meter_start, timestamp)
+START_TRANSACTION = TransactionFrame(
+    "StartTransaction", "StartTransaction",
+    '{"connectorId":1,"idTag":"' + ID_TAG + '","meterStart":%d,"timestamp":"%s"}')
+# build(uid, transaction_id, timestamp, energy_register)
 TX_METER_VALUES = TransactionFrame(
-    "TxMeterValues", "MeterValues", b'{"connectorId":1,"transactionId":',
-    b',"meterValue":' + _json(TX_METER_VALUE) + b"}")
+    "TxMeterValues", "MeterValues", '{"connectorId":1,"transactionId":%d,"meterValue":' + TX_METER_VALUE + "}")
+# build(uid, transaction_id, meter_stop, timestamp)
 STOP_TRANSACTION = TransactionFrame(
-    "StopTransaction", "StopTransaction", b'{"transactionId":',
-    b',"idTag":"' + ID_TAG.encode() + b'","meterStop":%d,"timestamp":"%s","reason":"Local"}'
-    % (METER_STOP, BENCH_TIMESTAMP.encode()))
+    "StopTransaction", "StopTransaction",
+    '{"transactionId":%d,"idTag":"' + ID_TAG + '","meterStop":%d,"timestamp":"%s","reason":"Local"}')
+
+
+def now_timestamp() -> bytes:
+    """The current time as chargers send it (RFC 3339, UTC, milliseconds)."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode() + b".%03dZ" % (int(now * 1000) % 1000)
+
 
 # Client control frames.
 CLOSE_FRAME = masked_frame(b"\x03\xe8", opcode=0x8)  # 1000 normal closure

@@ -80,6 +80,7 @@ class Charger(asyncio.Protocol):
         self.plan_pos = plan_offset
         self.transaction_id: int | None = None
         self.local_tx = number * 1_000_000
+        self.meter = frames.METER_START  # this charger's energy register, Wh
         self.next_due = 0.0
         self.timer = None
         self.fragments: bytearray | None = None
@@ -185,14 +186,21 @@ class Charger(asyncio.Protocol):
         self.started_at = started_at
         self.outstanding = True
         name = KEYS[key]
-        if name == "TxMeterValues":
-            frame = frames.TX_METER_VALUES.build(uid, self.transaction_id if self.transaction_id is not None else -1)
+        if name == "StartTransaction":
+            frame = frames.START_TRANSACTION.build(uid, self.meter, frames.now_timestamp())
+        elif name == "TxMeterValues":
+            frame = frames.TX_METER_VALUES.build(uid, self._transaction(), frames.now_timestamp(),
+                                                 self.meter + frames.SESSION_WH // 2)
         elif name == "StopTransaction":
-            frame = frames.STOP_TRANSACTION.build(uid, self.transaction_id if self.transaction_id is not None else -1)
+            self.meter += frames.SESSION_WH
+            frame = frames.STOP_TRANSACTION.build(uid, self._transaction(), self.meter, frames.now_timestamp())
             self.transaction_id = None
         else:
             frame = self.w.static[key].build(uid)
         self.transport.write(frame)
+
+    def _transaction(self) -> int:
+        return self.transaction_id if self.transaction_id is not None else -1
 
     def on_message(self, message: bytes):
         now = time.monotonic()

@@ -92,10 +92,20 @@ def test_prebuilt_frames_are_valid_ocpp_json():
         assert (whole[1] & 0x7F) in (len(body), 126)
         message = json.loads(body)
         assert message[:3] == [2, "0000000001", frame.action] and isinstance(message[3], dict)
-    for template in (frames.TX_METER_VALUES, frames.STOP_TRANSACTION):
-        whole = template.build(b"0000000002", 42)
-        message = json.loads(whole[whole.index(b"[2,"):])
-        assert message[3]["transactionId"] == 42
+    stamp = frames.now_timestamp()
+    built = {"StartTransaction": frames.START_TRANSACTION.build(b"0000000002", 10_000, stamp),
+             "TxMeterValues": frames.TX_METER_VALUES.build(b"0000000003", 42, stamp, 13_750),
+             "StopTransaction": frames.STOP_TRANSACTION.build(b"0000000004", 42, 17_500, stamp)}
+    for key, whole in built.items():
+        body = whole[whole.index(b"[2,"):]
+        assert (whole[1] & 0x7F) in (len(body), 126)
+        message = json.loads(body)
+        assert message[2] == key.replace("Tx", "")
+    payload = {key: json.loads(whole[whole.index(b"[2,"):])[3] for key, whole in built.items()}
+    assert payload["StartTransaction"]["meterStart"] == 10_000
+    assert payload["TxMeterValues"]["transactionId"] == 42
+    stop = payload["StopTransaction"]
+    assert stop["transactionId"] == 42 and stop["meterStop"] == 17_500 and stop["timestamp"] == stamp.decode()
 
 
 async def test_counting_receiver_decodes_every_forward_mode():
