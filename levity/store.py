@@ -199,17 +199,31 @@ class _Write:
 class _Group:
     """What one commit writes, and who waits for it."""
 
-    __slots__ = ("writes", "meter_rows", "heartbeats", "waiters", "durable")
+    __slots__ = ("writes", "meter_rows", "registers", "heartbeats", "waiters", "durable")
 
     def __init__(self):
         self.writes: list[_Write] = []
         self.meter_rows: list[tuple] = []
+        # (charge point, transaction) -> [(value, unit)] of the energy registers in meter_rows:
+        # a stop looks up its own instead of scanning every charger's queued rows.
+        self.registers: dict[tuple[str, int], list[tuple[str, str | None]]] = {}
         self.heartbeats: dict[str, str] = {}
         self.waiters: list[tuple[asyncio.Future, int | None]] = []
         self.durable = False
 
     def __bool__(self) -> bool:
         return bool(self.writes or self.meter_rows or self.heartbeats or self.waiters)
+
+    def add_meter_rows(self, rows: list[tuple]) -> None:
+        self.meter_rows += rows
+        for row in rows:
+            if row[2] is not None and row[4] == ENERGY_REGISTER:
+                self.registers.setdefault((row[0], row[2]), []).append((row[5], row[6]))
+
+    def reindex_registers(self) -> None:
+        self.registers = {}
+        rows, self.meter_rows = self.meter_rows, []
+        self.add_meter_rows(rows)
 
 
 class _Outcome(NamedTuple):
@@ -486,6 +500,7 @@ class Store:
         group = _Group()
         group.writes = [w for w in failed.writes if w.key is None or w.key not in failed_keys] + newer.writes
         group.meter_rows = failed.meter_rows + newer.meter_rows
+        group.reindex_registers()
         group.heartbeats = {**failed.heartbeats, **newer.heartbeats}
         group.waiters, group.durable = newer.waiters, newer.durable
         excess = len(group.writes) + len(group.meter_rows) - MAX_PENDING_WRITES
@@ -493,6 +508,7 @@ class Store:
             from_writes = min(excess, len(group.writes))
             del group.writes[:from_writes]
             del group.meter_rows[:excess - from_writes]
+            group.reindex_registers()
             if not self.writes_dropped:
                 log.error("database: more than %d writes wait for a commit; dropping the oldest (counted as "
                           "levity_store_writes_dropped)", MAX_PENDING_WRITES)
@@ -776,10 +792,10 @@ class Store:
         committed = self._db.execute(
             "SELECT value, unit FROM meter_values WHERE transaction_id = ? AND charge_point_id = ? "
             "AND measurand = ?", (transaction_id, charge_point_id, ENERGY_REGISTER)).fetchall()
-        pending = [(row[5], row[6]) for group in (self._inflight, self._group) if group is not None
-                   for row in group.meter_rows
-                   if row[2] == transaction_id and row[0] == charge_point_id and row[4] == ENERGY_REGISTER]
-        return committed + pending
+        for group in (self._inflight, self._group):
+            if group is not None:
+                committed += group.registers.get((charge_point_id, transaction_id), ())
+        return committed
 
     def open_transaction_count(self) -> int:
         return self._db.execute("SELECT count(*) FROM transactions WHERE stopped_at IS NULL").fetchone()[0]
@@ -796,7 +812,7 @@ class Store:
             for entry in meter_value for sample in entry.get("sampled_value", ())
         ]
         if rows:
-            self._group.meter_rows += rows
+            self._group.add_meter_rows(rows)
             self._schedule()
 
     # Operator API: read queries --------------------------------------------------------------
