@@ -8,11 +8,8 @@ skip_schema_validation: the payload was already checked against the same schemas
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-import uuid
 from typing import Any
 
 from ocpp.routing import on
@@ -24,7 +21,7 @@ from ocpp.v16.enums import Action
 from levity import metrics
 from levity.audit.events import DEFAULT_MEASURAND, count_samples, new_event_id
 from levity.audit.sink import NotDurable
-from levity.framing import CALLRESULT, Call, CallError, Reply, call_result as encode_result
+from levity.framing import Call, CallError, Reply, call_result as encode_result
 from levity.framing import parse_frame, response_payload, to_snake
 # Authorizer and CentralSystemContext are re-exported: callers of the 1.6 handlers import them here.
 from levity.handling import RETRY_INTERVAL, Authorizer, CentralSystemContext, TokenBucket, _now  # noqa: F401
@@ -39,17 +36,13 @@ log = logging.getLogger(__name__)
 
 class ChargePoint(OcppChargePoint):
     # Not the library's __init__: it builds a route map of bound methods, a lock and a queue
-    # per connection; with 10,000 chargers the routes are shared per class and the rest is
-    # created on the first call() the Central System makes.
+    # per connection; with 10,000 chargers the routes are shared per class. Calls Levity sends
+    # go through levity.commands.CallSender and the connection's pending-call map, not call().
     def __init__(self, charge_point_id: str, connection, context: CentralSystemContext):
         self.id = charge_point_id
         self._connection = connection
         self.ctx = context
         self._bucket = TokenBucket(context.max_calls_per_second)
-        self._response_timeout = 30
-        self._call_lock: asyncio.Lock | None = None
-        self._response_queue: asyncio.Queue | None = None
-        self._unique_id_generator = uuid.uuid4
         self.logger = log
 
     @classmethod
@@ -62,9 +55,7 @@ class ChargePoint(OcppChargePoint):
         return routes
 
     async def call(self, *args, **kwargs):
-        if self._call_lock is None:
-            self._call_lock, self._response_queue = asyncio.Lock(), asyncio.Queue()
-        return await super().call(*args, **kwargs)
+        raise NotImplementedError("Levity sends calls with levity.commands.CallSender")
 
     # Framing: every frame gets the answer OCPP-J names; nothing a charger sends stops the loop.
 
@@ -83,7 +74,9 @@ class ChargePoint(OcppChargePoint):
             await self._send(error.frame())
             return
         if isinstance(frame, Reply):
-            self._take_reply(frame)
+            # Answers to Levity's own calls are taken by the connection's pending-call map
+            # before they get here: this one answers nothing Levity asked.
+            log.warning("%s: ignored a reply to no pending call (unique id %s)", self.id, frame.unique_id[:36])
             return
         answer = await self.answer(frame)
         await self._send(answer)
@@ -114,18 +107,6 @@ class ChargePoint(OcppChargePoint):
             return CallError("InternalError", "the Central System failed to handle this call", call.unique_id).frame()
         log.debug("%s: %s %s answered", self.id, call.action, call.unique_id)
         return encode_result(call.unique_id, payload)
-
-    def _take_reply(self, reply: Reply) -> None:
-        # A CALLRESULT/CALLERROR is only meaningful while our own call() waits for it.
-        if self._call_lock is not None and self._call_lock.locked():
-            from ocpp.messages import CallError as OcppCallError, CallResult as OcppCallResult
-
-            if reply.message_type == CALLRESULT:
-                self._response_queue.put_nowait(OcppCallResult(reply.unique_id, reply.payload))
-            else:
-                self._response_queue.put_nowait(OcppCallError(reply.unique_id, reply.error_code, "", reply.payload))
-        else:
-            log.warning("%s: ignored a reply to no pending call (unique id %s)", self.id, reply.unique_id[:36])
 
     async def _send(self, message: str) -> None:
         await self._connection.send(message)
