@@ -127,12 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_transactions(commands)
     from levity.database_cli import register as register_database
     register_database(commands)
-    try:
-        from levity.doctor import register as register_doctor
-    except ImportError:  # doctor arrives with lossless delivery
-        pass
-    else:
-        register_doctor(commands)
+    from levity.doctor import register as register_doctor
+    register_doctor(commands)
     return parser
 
 
