@@ -195,23 +195,34 @@ class OcppConnection(asyncio.Protocol):
     # Events from websockets ---------------------------------------------------------------
 
     def _process_events(self) -> None:
-        for event in self.protocol.events_received():
+        events = self.protocol.events_received()
+        # websockets parses a whole read at once: a call and the close that followed it in the
+        # same TCP segment arrive together, the protocol already CLOSING. The call came first,
+        # so it is handled (stored and audited; its answer cannot be sent after the close).
+        before_close = self.protocol.state is not OPEN and any(
+            getattr(event, "opcode", None) is Opcode.CLOSE for event in events)
+        for event in events:
             if isinstance(event, Request):
                 self._start_handshake(event)
                 continue
             opcode = event.opcode
             if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
                 self._message_opcode = opcode
+            elif opcode is Opcode.CLOSE:
+                before_close = False
+                continue
             elif opcode is not Opcode.CONT:
-                continue  # ping, pong and close are websockets' business
+                continue  # ping and pong are websockets' business
             self._fragments.append(event.data)
             if event.fin:
                 data = b"".join(self._fragments)
                 self._fragments = []
-                self._deliver(data, self._message_opcode is Opcode.TEXT)
+                if not self._deliver(data, self._message_opcode is Opcode.TEXT, before_close):
+                    before_close = False
         self._flush()
 
-    def _deliver(self, data: bytes, is_text: bool) -> None:
+    def _deliver(self, data: bytes, is_text: bool, before_close: bool = False) -> bool:
+        """Queue one message for the handlers; False when it failed the connection."""
         if not is_text:
             message: str | bytes = data
         else:
@@ -219,17 +230,18 @@ class OcppConnection(asyncio.Protocol):
                 message = data.decode("utf-8")
             except UnicodeDecodeError as exc:
                 self.protocol.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
-                return
-        if self.on_message is None or self.protocol.state is not OPEN:
-            return
+                return False
+        if self.on_message is None or not (self.protocol.state is OPEN or before_close):
+            return True
         if self.pending_calls and type(message) is str and _REPLY_FRAME.match(message) and self._take_reply(message):
-            return
+            return True
         self._queue.append(message)
         self._queued_bytes += len(message)
         if len(self._queue) >= self._max_queued_frames or self._queued_bytes >= self._max_queued_bytes:
             self.pause("queue")  # frames already read still queue: at most one read more
         if not self._waiting:
             self._drain()
+        return True
 
     def _take_reply(self, message: str) -> bool:
         """Hand an answer to the call of ours it belongs to at once: it must not wait behind

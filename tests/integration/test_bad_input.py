@@ -231,3 +231,28 @@ async def test_many_chargers_flooding_garbage_do_not_stop_a_good_one(levity):
         for i in range(20):
             assert (await good.call(str(i), "Heartbeat", {}))[0] == 3
         await flooders
+
+
+def client_frame(payload: bytes, opcode: int) -> bytes:
+    """A final, masked client frame (RFC 6455 5.2; a zero masking key leaves the payload as is)."""
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
+
+
+async def test_a_call_sent_with_the_close_in_one_segment_is_still_handled(levity):
+    server = levity()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(("GET /ocpp/CP-BYE HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Protocol: ocpp1.6\r\n\r\n").encode())
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 101 ")
+    status = b'[2,"bye","StatusNotification",{"connectorId":2,"errorCode":"NoError","status":"Unavailable"}]'
+    writer.write(client_frame(status, 0x1) + client_frame(b"\x03\xe8", 0x8))  # one write: call, then close
+    rest = await asyncio.wait_for(reader.read(), 5)  # the server's close, then the end of the connection
+    assert rest[:1] == b"\x88", rest
+    writer.close()
+    server.stop()
+    [event] = [line["record"] for line in read_audit_file(server.workdir / "audit.jsonl")
+               if line["record"]["event_type"] == "status_notification"
+               and line["record"]["charge_point_id"] == "CP-BYE"]
+    assert event["connector_id"] == 2 and event["status"] == "Unavailable"
