@@ -56,12 +56,14 @@ COPY --from=build /opt/levity /opt/levity
 ENV PATH=/opt/levity/bin:$PATH \
     LEVITY_HOST=0.0.0.0 \
     LEVITY_PORT=9000 \
+    LEVITY_API_HOST=0.0.0.0 \
     LEVITY_DATABASE=/var/lib/levity/levity.db \
     LEVITY_SPOOL_DIR=/var/lib/levity/spool
 USER levity
 WORKDIR /var/lib/levity
 VOLUME /var/lib/levity
-EXPOSE 9000
+# 9001: the operator API (a bearer token on every request; publish it only where operators are).
+EXPOSE 9000 9001
 # The server answers plain HTTP GET /health with 200 on its OCPP port.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python3", "-c", "import os, sys, urllib.request; port = os.environ.get('LEVITY_PORT', '9000'); sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/health' % port, timeout=4).status == 200 else 1)"]

@@ -145,7 +145,7 @@ def test_compose_services_are_wired_as_documented(env_file):
     assert environment["FLUENTD_HOST"] == "fluentd"
     assert environment["FLUENTD_PORT"] == "24224"
     assert Path(levity["build"]["context"]) == ROOT
-    assert {_port(p) for p in levity["ports"]} == {("127.0.0.1", 9000, "tcp")}
+    assert {_port(p) for p in levity["ports"]} == {("127.0.0.1", 9000, "tcp"), ("127.0.0.1", 9001, "tcp")}
     fluentd_ports = {_port(p) for p in services["fluentd"]["ports"]}
     assert fluentd_ports == {("127.0.0.1", 24224, "tcp"), ("127.0.0.1", 24224, "udp"), ("127.0.0.1", 24220, "tcp")}
     # Elasticsearch and Kibana run without security: local ports only, unless BIND_ADDRESS says so.
@@ -457,10 +457,11 @@ def test_levity_image_declares_its_contract(levity_image):
     image = json.loads(podman("image", "inspect", levity_image).stdout)[0]
     config = image["Config"]
     assert config["User"] == "levity"
-    assert "9000/tcp" in config["ExposedPorts"]
+    assert {"9000/tcp", "9001/tcp"} <= set(config["ExposedPorts"])
     assert "/var/lib/levity" in config["Volumes"]
     assert config["Cmd"] == ["levity", "serve"]
     env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["LEVITY_API_HOST"] == "0.0.0.0"  # the API reachable where the port is published
     assert env["LEVITY_DATABASE"] == "/var/lib/levity/levity.db"
     assert env["LEVITY_SPOOL_DIR"] == "/var/lib/levity/spool"
     # podman shows the Docker-format HEALTHCHECK beside Config, docker inside it.
