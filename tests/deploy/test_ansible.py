@@ -189,6 +189,20 @@ def test_production_and_staging_are_secure_by_default(inventory):
         assert output["tls"].get("enabled", True) and output["shared_key"], output["name"]
 
 
+@pytest.mark.parametrize("inventory", INVENTORIES)
+def test_a_balancer_on_another_host_reaches_the_operator_api(inventory):
+    """HAProxy routes API requests to the Levity host holding the charger: on loopback it could not."""
+    result = run("ansible-inventory", "-i", f"inventories/{inventory}", "--list")
+    inventory_data = json.loads(result.stdout)
+    balancers = set(inventory_data.get("haproxy", {}).get("hosts", []))
+    if not balancers:
+        pytest.skip(f"{inventory} has no balancer")
+    for host in inventory_data["levity"]["hosts"]:
+        settings = inventory_data["_meta"]["hostvars"].get(host, {})
+        if host not in balancers:
+            assert settings.get("levity_api_host", "127.0.0.1") not in ("127.0.0.1", "localhost", "::1"), host
+
+
 def test_dev_keeps_the_development_defaults():
     main = yaml.safe_load((ROOT / "inventories" / "dev" / "group_vars" / "all" / "main.yml").read_text())
     defaults = yaml.safe_load((ROOT / "roles" / "levity" / "defaults" / "main.yml").read_text())
