@@ -2,7 +2,8 @@
 
 Neither PyPI nor Debian packages Fluentd, so the tests that use it skip (with the reason) where
 it is not installed. FluentdProcess runs one as an aggregator would: in_forward on a loopback
-port, events written as JSON lines through a file buffer (which survives a SIGKILL).
+port, events written as JSON lines through a file buffer (which survives a SIGKILL), each with the
+tag it arrived with as `fluentd_tag`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ AGGREGATOR_CONF = """\
   <format>
     @type json
   </format>
+  <inject>
+    tag_key fluentd_tag
+  </inject>
   <buffer>
     @type file
     path {out}/buffer
