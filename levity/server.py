@@ -51,6 +51,7 @@ from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings, StartupError
 from levity.database import DatabaseStartupError, is_postgres, open_store
 from levity.proxy import forwarded_client
+from levity.store import StorageError
 from levity.transactions import send_pending_closes_forever
 from levity.transport import OcppConnection
 
@@ -119,6 +120,8 @@ class CentralSystem:
         except (OSError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         self.events = EventFactory(settings.tag_prefix, id_tags)
+        # The database going away and coming back is in the audit stream (`ocpp.store`).
+        self.store.outage.listener = lambda fields: self.sink.emit(self.events.store_state(**fields))
         self.context = CentralSystemContext(
             store=self.store, sink=self.sink, events=self.events, authorizer=authorizer,
             validator=ocpp16.PayloadValidator(lenient_measurands=settings.lenient_measurands,
@@ -286,7 +289,7 @@ class CentralSystem:
                 by_version[version] = by_version.get(version, 0) + 1
             try:
                 active = self.store.open_transaction_count()
-            except sqlite3.Error:
+            except (sqlite3.Error, StorageError):  # the database is away: the store's own gauges still show
                 active = None
             fluentd = self.settings.fluentd_enabled
             servers = getattr(getattr(self.sink, "servers", None), "servers", None) if fluentd else None

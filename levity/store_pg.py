@@ -30,6 +30,7 @@ import psycopg
 from levity.database import DatabaseStartupError, redact
 from levity.schema_pg import SchemaError, check
 from levity.store import TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _operator_view
+from levity.store_outage import OutageTracker
 
 log = logging.getLogger("levity.store")
 
@@ -59,6 +60,7 @@ class PostgresStore:
         self.writes_refused = 0  # writes the database refuses for good (logged, then dropped)
         self._refused_keys: set[int] = set()  # transactions whose write was refused, for commit_durable()
         self.reconnects = 0
+        self.outage = OutageTracker("postgresql", self.name)  # the `ocpp.store` down/up events
         try:
             self._db = self._connect()
             if check_schema:
@@ -101,7 +103,12 @@ class PostgresStore:
         return {"commits": self.commits, "commit_failures": self.commit_failures,
                 "writes_refused": self.writes_refused, "writes_dropped": 0,
                 "pending_writes": len(self._queue) + len(self._meter_rows) + len(self._heartbeats),
-                "reconnects": self.reconnects}
+                "reconnects": self.reconnects, "outages": self.outage.outages, "down": int(self.outage.down)}
+
+    def _waiting(self) -> int:
+        """Writes not yet committed: queued, or sent in the open transaction."""
+        return sum(len(queue) + len(meters) + len(beats)
+                   for queue, meters, beats in [*self._sent, (self._queue, self._meter_rows, self._heartbeats)])
 
     def _write(self, sql: str, params=(), key: int | None = None) -> None:
         self._queue.append((sql, params, False, key))
@@ -136,6 +143,7 @@ class PostgresStore:
         round trip; StorageError when the database cannot take them (they stay queued)."""
         if not (self._in_transaction or self._queue or self._meter_rows or self._heartbeats):
             return
+        waiting = self._waiting()
         try:
             db = self.connection()
             with db.pipeline():
@@ -146,6 +154,7 @@ class PostgresStore:
         self._in_transaction = False
         self._sent = []
         self.commits += 1
+        self.outage.recovered(waiting)
 
     async def commit_durable(self, key: int | None = None) -> None:
         """Awaited by the transaction handlers before they answer: everything written so far is
@@ -179,6 +188,8 @@ class PostgresStore:
                 cursor = db.execute(sql, params)
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
+        if self.outage.down and not self._in_transaction:  # nothing waits for a commit: back
+            self.outage.recovered(0)
         return cursor
 
     def _send_pending(self, db: psycopg.Connection) -> None:
@@ -222,7 +233,9 @@ class PostgresStore:
             beats.update(self._heartbeats)
             self._heartbeats = beats
         self._sent = []
-        if not isinstance(exc, psycopg.OperationalError):
+        if isinstance(exc, psycopg.OperationalError):  # the database is away, not one write refused
+            self.outage.failed(describe(exc), self._waiting())
+        else:
             self._apply_one_by_one()
         return StorageError(f"database {self.name}: {describe(exc)}")
 
