@@ -417,6 +417,7 @@ class CentralSystem:
         if session is not None and session.generation < generation:
             session.replaced = True
             self.cluster.replaced_elsewhere += 1
+            self.store.release_connection(charge_point_id)  # its transactions now change elsewhere
             log.info("%s reconnected to another instance: closing its connection here from %s",
                      charge_point_id, session.remote_address)
             session.connection.close(1000, "replaced by a newer connection")
@@ -424,6 +425,8 @@ class CentralSystem:
     def _closed(self, session: Session) -> None:
         if self.sessions.get(session.charge_point_id) is session:
             del self.sessions[session.charge_point_id]
+            if self.cluster is not None:  # what the store kept about the charger while it was here
+                self.store.release_connection(session.charge_point_id)
         connection = session.connection
         duration = round(time.monotonic() - session.connected_at, 3)
         self.sink.emit(self.events.make(

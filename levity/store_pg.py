@@ -30,6 +30,7 @@ import psycopg
 from levity.database import DatabaseStartupError, redact
 from levity.schema_pg import SchemaError, check
 from levity.store import TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _operator_view
+from levity.owned_transactions import Known, OwnedTransactions
 from levity.store_outage import OutageTracker
 
 log = logging.getLogger("levity.store")
@@ -41,6 +42,11 @@ INSERT_METER_VALUE = (
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
     "phase, context, location, format) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 SELECT = TRANSACTION_SELECT  # no placeholders: the same text serves both engines
+ENERGY_REGISTER = "Energy.Active.Import.Register"
+IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
+                   "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1")
+OPEN_ON_CONNECTOR = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
+                     "AND abandoned_at IS NULL ORDER BY id")
 
 
 class PostgresStore:
@@ -61,6 +67,12 @@ class PostgresStore:
         self._refused_keys: set[int] = set()  # transactions whose write was refused, for commit_durable()
         self.reconnects = 0
         self.outage = OutageTracker("postgresql", self.name)  # the `ocpp.store` down/up events
+        # Fewer round trips on the hot path: what this instance knows of its chargers'
+        # transactions, a transaction id fetched ahead, and the open transactions of the
+        # connector a StartTransaction is about, read with its repeat check (identical_start).
+        self.owned = OwnedTransactions()
+        self._spare_id: int | None = None
+        self._prefetched_open: tuple[tuple[str, int], list[Transaction]] | None = None
         try:
             self._db = self._connect()
             if check_schema:
@@ -103,7 +115,8 @@ class PostgresStore:
         return {"commits": self.commits, "commit_failures": self.commit_failures,
                 "writes_refused": self.writes_refused, "writes_dropped": 0,
                 "pending_writes": len(self._queue) + len(self._meter_rows) + len(self._heartbeats),
-                "reconnects": self.reconnects, "outages": self.outage.outages, "down": int(self.outage.down)}
+                "reconnects": self.reconnects, "outages": self.outage.outages, "down": int(self.outage.down),
+                "owned_hits": self.owned.hits}
 
     def _waiting(self) -> int:
         """Writes not yet committed: queued, or sent in the open transaction."""
@@ -111,6 +124,7 @@ class PostgresStore:
                    for queue, meters, beats in [*self._sent, (self._queue, self._meter_rows, self._heartbeats)])
 
     def _write(self, sql: str, params=(), key: int | None = None) -> None:
+        self._prefetched_open = None
         self._queue.append((sql, params, False, key))
         self._schedule()
 
@@ -166,9 +180,11 @@ class PostgresStore:
         except StorageError:
             if key is not None:
                 self._queue = [entry for entry in self._queue if entry[3] != key]
+                self.owned.forget(key)  # its writes are dropped: read it again
             raise
         if key is not None and key in self._refused_keys:
             self._refused_keys.discard(key)
+            self.owned.forget(key)
             raise StorageError(f"the database refused the write for transaction {key}", refused=True)
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -181,16 +197,24 @@ class PostgresStore:
     def _read(self, sql: str, params=()) -> psycopg.Cursor:
         """A query that sees this instance's writes: the queued ones go first, in the same round
         trip and the same (still open) transaction, as SQLite reads its own uncommitted writes."""
+        return self._read_many((sql, params))[0]
+
+    def _read_many(self, *queries: tuple[str, Any]) -> list[psycopg.Cursor]:
+        """Several queries in one round trip (after the queued writes, as _read)."""
+        self._prefetched_open = None
         try:
             db = self.connection()
-            with db.pipeline():
-                self._send_pending(db)
-                cursor = db.execute(sql, params)
+            if len(queries) == 1 and not (self._queue or self._meter_rows or self._heartbeats):
+                cursors = [db.execute(*queries[0])]  # nothing to send ahead: no pipeline to set up
+            else:
+                with db.pipeline():
+                    self._send_pending(db)
+                    cursors = [db.execute(sql, params) for sql, params in queries]
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
         if self.outage.down and not self._in_transaction:  # nothing waits for a commit: back
             self.outage.recovered(0)
-        return cursor
+        return cursors
 
     def _send_pending(self, db: psycopg.Connection) -> None:
         """Send the queued writes inside this turn's transaction (opened here); kept in _sent
@@ -242,6 +266,7 @@ class PostgresStore:
     def _apply_one_by_one(self) -> None:
         """A write the database refuses (a value out of its range) must not hold back the others
         forever: each queued write is committed alone, and one refused is logged and counted."""
+        self.owned.forget_all()  # what it knew may include the refused write
         entries = list(self._entries(self._queue, self._meter_rows, self._heartbeats))
         self._queue, self._meter_rows, self._heartbeats = [], [], {}
         for index, (sql, params, many, key) in enumerate(entries):
@@ -342,7 +367,10 @@ class PostgresStore:
                           event_id: str | None = None) -> int:
         # The id from the shared sequence (unique across instances); the row goes with the
         # batch, which the caller commits before it answers.
-        transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+        transaction_id, self._spare_id = self._spare_id, None
+        if transaction_id is None:
+            transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+        self.owned.started(charge_point_id, transaction_id)
         self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
             "reservation_id, created_at, start_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -352,10 +380,12 @@ class PostgresStore:
 
     def forget_transaction(self, transaction_id: int) -> None:
         """As Store.forget_transaction: a start whose answer could not be given."""
+        self.owned.forget(transaction_id)
         self._write("DELETE FROM transactions WHERE id = %s AND stopped_at IS NULL", (transaction_id,))
 
     def forget_stop(self, transaction_id: int, event_id: str) -> None:
         """As Store.forget_stop: a stop whose answer could not be given is open again."""
+        self.owned.stopped(transaction_id, None)
         self._write("UPDATE transactions SET meter_stop = NULL, stop_timestamp = NULL, stop_reason = NULL, "
                     "stop_id_tag = NULL, stopped_at = NULL, stop_event_id = NULL, stop_request = NULL "
                     "WHERE id = %s AND stop_event_id = %s", (transaction_id, event_id))
@@ -373,20 +403,31 @@ class PostgresStore:
 
     def identical_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                         start_timestamp: str) -> Transaction | None:
-        row = self._read(
-            f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
-            "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1",
-            (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)).fetchone()
+        """As Store.identical_start. A StartTransaction asks this first, then open_on_connector()
+        and start_transaction() with no await in between: one round trip answers all three (the
+        transaction id is kept for the next start when this one is a repeat)."""
+        queries = [(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)),
+                   (OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
+        if self._spare_id is None:
+            queries.append(("SELECT nextval('transaction_ids')", ()))
+        identical, still_open, *next_id = self._read_many(*queries)
+        row = identical.fetchone()
+        if next_id:
+            self._spare_id = next_id[0].fetchone()[0]
+        self._prefetched_open = ((charge_point_id, connector_id),
+                                 [Transaction.from_row(r) for r in still_open.fetchall()])
         return Transaction.from_row(row) if row else None
 
     def open_on_connector(self, charge_point_id: str, connector_id: int) -> list[Transaction]:
-        return [Transaction.from_row(row) for row in self._read(
-            f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
-            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, connector_id))]
+        prefetched, self._prefetched_open = self._prefetched_open, None
+        if prefetched is not None and prefetched[0] == (charge_point_id, connector_id):
+            return prefetched[1]
+        return [Transaction.from_row(row) for row in self._read(OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
                          request: dict | None = None) -> None:
+        self.owned.stopped(transaction_id, meter_stop)
         self._write(
             "UPDATE transactions SET meter_stop = %s, stop_timestamp = %s, stop_reason = %s, stop_id_tag = %s, "
             "stopped_at = %s, stop_event_id = %s, stop_request = %s WHERE id = %s",
@@ -445,14 +486,27 @@ class PostgresStore:
         return [_operator_view(Transaction.from_row(row), now) for row in self._read(sql, params)]
 
     def meter_stop(self, charge_point_id: str, transaction_id: int) -> int | None:
+        """As Store.meter_stop; from memory for a charger connected here once known."""
+        known = self.owned.get(charge_point_id, transaction_id)
+        if known is not None:
+            return known.meter_stop
+        if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
+            return None
         row = self._read("SELECT meter_stop FROM transactions WHERE id = %s AND charge_point_id = %s "
                          "AND stopped_at IS NOT NULL", (transaction_id, charge_point_id)).fetchone()
-        return row[0] if row else None
+        meter_stop = row[0] if row else None
+        self.owned.remember(charge_point_id, transaction_id, Known(meter_stop=meter_stop))
+        return meter_stop
 
     def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
+        """As Store.energy_registers; from memory for a transaction started here by a charger
+        still connected here."""
+        known = self.owned.get(charge_point_id, transaction_id)
+        if known is not None and known.registers is not None:
+            return list(known.registers)
         return self._read(
             "SELECT value, unit FROM meter_values WHERE transaction_id = %s AND charge_point_id = %s "
-            "AND measurand = 'Energy.Active.Import.Register'", (transaction_id, charge_point_id)).fetchall()
+            "AND measurand = %s", (transaction_id, charge_point_id, ENERGY_REGISTER)).fetchall()
 
     # Meter values --------------------------------------------------------------------------
 
@@ -460,7 +514,7 @@ class PostgresStore:
                          meter_value: list[dict[str, Any]]) -> None:
         rows = [
             (charge_point_id, connector_id, transaction_id, entry.get("timestamp", ""),
-             sample.get("measurand") or "Energy.Active.Import.Register", str(sample.get("value", "")),
+             sample.get("measurand") or ENERGY_REGISTER, str(sample.get("value", "")),
              sample.get("unit"), sample.get("phase"), sample.get("context"), sample.get("location"),
              sample.get("format"))
             for entry in meter_value for sample in entry.get("sampled_value", ())
@@ -468,6 +522,9 @@ class PostgresStore:
         if rows:
             self._meter_rows += rows
             self._schedule()
+            if transaction_id is not None:
+                self.owned.add_registers(charge_point_id, transaction_id,
+                                         [(row[5], row[6]) for row in rows if row[4] == ENERGY_REGISTER])
 
     # Operator API: read queries --------------------------------------------------------------
 
@@ -545,6 +602,7 @@ class PostgresStore:
     def claim_connection(self, charge_point_id: str, instance_id: str) -> int:
         """Record that this instance now holds the charger's connection; the new generation.
         The notification tells the instance that held it before to close its stale one."""
+        self.owned.release(charge_point_id)
         self.commit()
         db = self.connection()
         with db.transaction():
@@ -555,7 +613,12 @@ class PostgresStore:
                 "RETURNING generation", (charge_point_id, instance_id)).fetchone()[0]
             db.execute("SELECT pg_notify('levity_connections', %s)",
                        (json.dumps([charge_point_id, instance_id, generation]),))
+        self.owned.claim(charge_point_id)  # from now on its transactions change only here
         return generation
+
+    def release_connection(self, charge_point_id: str) -> None:
+        """This instance no longer holds the charger's connection: forget what it knew."""
+        self.owned.release(charge_point_id)
 
 
 def describe(exc: psycopg.Error) -> str:
