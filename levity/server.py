@@ -470,6 +470,13 @@ class CentralSystem:
         self._keepalive_task = asyncio.create_task(self._keepalive())
         # Transactions an operator closed with `levity transactions close`: their anomaly events.
         self._closes_task = asyncio.create_task(send_pending_closes_forever(self.store, self.sink, self.events))
+        # Before the first charger (a worker's too: instances on other hosts take chargers over
+        # from it), so every claim of a connection reaches the others.
+        if self.cluster is not None:
+            try:
+                await self.cluster.start()
+            except DatabaseStartupError as exc:
+                raise StartupError(str(exc)) from None
         if not listen:
             return
         settings = self.settings
@@ -482,11 +489,6 @@ class CentralSystem:
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
-        if self.cluster is not None:
-            try:
-                await self.cluster.start()
-            except DatabaseStartupError as exc:
-                raise StartupError(str(exc)) from None
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"
