@@ -143,3 +143,25 @@ async def test_sqlite_outage_is_in_the_audit_stream_and_no_transaction_is_lost(l
         assert db.execute("SELECT last_heartbeat FROM charge_points WHERE id = 'CP-SQ'").fetchone()[0]
     assert sorted(r["transaction_id"] for r in records(receiver, "transaction_start")) == \
         [first["transactionId"], second["transactionId"]]
+
+
+async def test_a_write_postgresql_refuses_is_dropped_alone_and_is_no_outage(levity, database):
+    psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
+    with ForwardReceiver() as receiver:
+        server = levity({"LEVITY_DATABASE": database, **fluentd_env(receiver.port)})
+        async with raw_charge_point(server.url, "CP-RF") as cp:
+            assert (await cp.call("boot", "BootNotification", BOOT))[0] == CALLRESULT
+            too_big = 3_000_000_000  # valid JSON integer, out of range for the INTEGER column
+            status = {"connectorId": too_big, "errorCode": "NoError", "status": "Available"}
+            assert (await cp.call("st", "StatusNotification", status))[0] == CALLRESULT
+            refused = await cp.call("s0", "StartTransaction", start_payload(too_big, 1), timeout=15)
+            assert refused[0] == CALLERROR and refused[2] == "InternalError", refused
+            started = await resend_until_answered(cp, "s1", "StartTransaction", start_payload(1, 2))
+            assert (await cp.call("hb", "Heartbeat", {}))[0] == CALLRESULT
+        await eventually(lambda: server.metrics()["levity_store_writes_refused"] == 2, what="both refusals counted")
+        server.stop()
+    with psycopg.connect(database) as connection:
+        assert connection.execute("SELECT id FROM transactions").fetchall() == [(started["transactionId"],)]
+        assert connection.execute("SELECT last_heartbeat FROM charge_points").fetchone()[0] is not None
+    assert records(receiver, "store_state") == []  # the database was there all along
+    assert [r["transaction_id"] for r in records(receiver, "transaction_start")] == [started["transactionId"]]
