@@ -3,18 +3,24 @@ Store, for several instances behind a balancer (docs/scaling.md).
 
 Driver: psycopg 3. The Store interface is synchronous on purpose (a handler decides about a
 repeated StartTransaction by reading and writing without an await in between), and psycopg is
-the one well-kept driver with the same types in a blocking and an asyncio API: this module uses
-its blocking connection on the event loop thread, levity/cluster.py its asyncio connection for
-LISTEN/NOTIFY.
+the one well-kept driver with the same types in a blocking and an asyncio API: this module reads
+with its blocking connection on the event loop thread, levity/cluster.py uses its asyncio
+connection for LISTEN/NOTIFY.
 
-Writes are queued and committed together once per event loop turn, in one database transaction
-sent in pipeline mode (one round trip for hundreds of calls), as the SQLite store groups its
-commits. A read sends the queued writes ahead of itself in the same round trip and the same open
-transaction, so it sees what this instance wrote. A transaction start or stop is committed before
-the charger gets its answer (commit() / commit_durable()). When the database cannot take a
-commit, its writes go back to the queue, in order, and are tried again (StorageError to a caller
-that waits for it): a write is never silently dropped. A write the database refuses for good (a
-value out of its range) is applied alone, logged and counted, so it cannot hold back the others.
+Writes never block the event loop, as on SQLite: they are queued, and what was queued during a
+turn of the loop is committed by one database transaction sent in pipeline mode (one round trip
+for hundreds of calls) on a writer thread with its own connection. A transaction start or stop is
+committed before the charger gets its answer (the handler awaits commit_durable()). Reads see the
+committed state; energy_registers() adds the meter values still queued, as the SQLite store does.
+When the database cannot take a commit, its writes go back in front of the queue, in order, and
+are tried again (StorageError to a caller that waits for it): a write is never silently dropped.
+A write the database refuses for good (a value out of its range) is applied alone, logged and
+counted, so it cannot hold back the others. An outage (writes failing, then working again) is
+reported once each way (levity/store_outage.py).
+
+Round trips on the hot path are few: a StartTransaction's repeat check, its connector's open
+transactions and a transaction id come in one; MeterValues and a stop's meter checks are answered
+from what this instance knows of the chargers connected to it (levity/owned_transactions.py).
 """
 
 from __future__ import annotations
