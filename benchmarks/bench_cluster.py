@@ -4,7 +4,11 @@
     python -m benchmarks.bench_cluster --chargers 1000 --duration 10
 
 1. Calls/s of one Levity process (one worker) on SQLite and on PostgreSQL, the same load client
-   and mix (benchmarks/bench.py with LEVITY_DATABASE switched), one after the other.
+   and mix (benchmarks/bench.py with LEVITY_DATABASE switched), interleaved (SQLite, PostgreSQL,
+   SQLite, PostgreSQL ... for --rounds) so a neighbour's load on a shared machine hits both
+   alike. Per run also the CPU time per call: of the Levity process (its CPU time in the
+   measured window / calls) and of the PostgreSQL server (its processes' CPU time over the
+   whole run, warm-up included / calls), which on a small machine is what limits the ratio.
 2. Failover: N chargers booted on instance A of two sharing a PostgreSQL; A is killed (SIGKILL);
    every charger reconnects to B and sends BootNotification. Prints the seconds from the kill
    to all booted on B (what a host failure costs when the balancer sends them on at once).
@@ -17,12 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
+import psutil
 import websockets
 
 from benchmarks import bench
@@ -32,16 +40,61 @@ from tests.support.postgres import PostgresServer, levity_command, unavailable_r
 BOOT = json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "Bench", "chargePointModel": "M"}])
 
 
-def calls_per_second(database: str | None, chargers: int, duration: float, out: Path) -> float:
+class Run(NamedTuple):
+    calls_per_second: float
+    server_cpu_us_per_call: float  # the Levity process, in the measured window
+    database_cpu_us_per_call: float | None  # the PostgreSQL server, over the whole run
+
+
+def database_cpu_seconds(server: PostgresServer) -> float:
+    """CPU time of the PostgreSQL server so far: the postmaster, the backends it has reaped
+    (a run's connections end with it) and those still running."""
+    postmaster = psutil.Process(int((server.data / "postmaster.pid").read_text().split()[0]))
+    times = postmaster.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            child_times = child.cpu_times()
+            total += child_times.user + child_times.system
+    return total
+
+
+def load_run(database: str | None, chargers: int, duration: float, out: Path,
+             server: PostgresServer | None = None) -> Run:
     report = out / f"bench-{'pg' if database else 'sqlite'}.json"
     argv = ["--targets", "levity", "--chargers", str(chargers), "--duration", str(duration), "--warmup", "2",
             "--clients", "1", "--json", str(report), "--quiet", "--levity-env", "LEVITY_WORKERS=1"]
     if database:
         argv += ["--levity-env", f"LEVITY_DATABASE={database}"]
+    database_cpu0 = database_cpu_seconds(server) if server else 0.0
     if bench.main(argv) != 0:
         raise SystemExit("the load bench failed")
+    database_cpu = database_cpu_seconds(server) - database_cpu0 if server else None
     result = json.loads(report.read_text())["results"][0]
-    return result["calls_per_second"]
+    calls = result["calls"] or 1
+    server_cpu_seconds = result["server_cpu_percent"] / 100 * result["window_seconds"]
+    return Run(result["calls_per_second"], server_cpu_seconds / calls * 1e6,
+               database_cpu / calls * 1e6 if database_cpu is not None else None)
+
+
+def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path) -> None:
+    """SQLite and PostgreSQL runs interleaved; one line per run, then the medians."""
+    database = server.new_database()
+    if levity_command("db", "upgrade", database=database).returncode != 0:
+        raise SystemExit("levity db upgrade failed")
+    runs: dict[str, list[Run]] = {"SQLite": [], "PostgreSQL": []}
+    print(f"calls/s, one process, {chargers} chargers, {duration:.0f} s per run, {rounds} round(s):")
+    print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}")
+    for _ in range(rounds):
+        for name, url in (("SQLite", None), ("PostgreSQL", database)):
+            run = load_run(url, chargers, duration, out, server if url else None)
+            runs[name].append(run)
+            database_cpu = f"{run.database_cpu_us_per_call:,.0f}" if run.database_cpu_us_per_call is not None else "-"
+            print(f"{name:<12}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{database_cpu:>24}")
+    sqlite, pg = (statistics.median(r.calls_per_second for r in runs[name]) for name in runs)
+    sqlite_cpu, pg_cpu = (statistics.median(r.server_cpu_us_per_call for r in runs[name]) for name in runs)
+    print(f"median: SQLite {sqlite:,.0f}  PostgreSQL {pg:,.0f} calls/s ({100 * pg / sqlite:.0f}% of SQLite); "
+          f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us")
 
 
 async def boot_all(url: str, names: list[str], concurrency: int = 200) -> list:
@@ -90,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--chargers", type=int, default=200, help="chargers of the calls/s comparison")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per store")
-    parser.add_argument("--failover-chargers", type=int, default=1000, help="chargers moved after the kill")
+    parser.add_argument("--rounds", type=int, default=2, help="SQLite/PostgreSQL pairs of the calls/s comparison")
+    parser.add_argument("--failover-chargers", type=int, default=1000,
+                        help="chargers moved after the kill (0: skip the failover measurement)")
     args = parser.parse_args(argv)
     reason = unavailable_reason()
     if reason:
@@ -100,13 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="levity-bench-cluster-") as directory:
             out = Path(directory)
-            database = server.new_database()
-            if levity_command("db", "upgrade", database=database).returncode != 0:
-                raise SystemExit("levity db upgrade failed")
-            sqlite = calls_per_second(None, args.chargers, args.duration, out)
-            pg = calls_per_second(database, args.chargers, args.duration, out)
-            print(f"calls/s, one process, {args.chargers} chargers, {args.duration:.0f} s: "
-                  f"SQLite {sqlite:,.0f}  PostgreSQL {pg:,.0f}  ({100 * pg / sqlite:.0f}% of SQLite)")
+            compare(server, args.chargers, args.duration, args.rounds, out)
+            if args.failover_chargers <= 0:
+                return 0
             failover_db = server.new_database()
             levity_command("db", "upgrade", database=failover_db)
             seconds = asyncio.run(failover_seconds(failover_db, args.failover_chargers, out))

@@ -51,6 +51,7 @@ from levity.commands import CallSender, CommandSchemas
 from levity.config import ConfigError, Settings, StartupError
 from levity.database import DatabaseStartupError, is_postgres, open_store
 from levity.proxy import forwarded_client
+from levity.store import StorageError
 from levity.transactions import send_pending_closes_forever
 from levity.transport import OcppConnection
 
@@ -119,6 +120,8 @@ class CentralSystem:
         except (OSError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
         self.events = EventFactory(settings.tag_prefix, id_tags)
+        # The database going away and coming back is in the audit stream (`ocpp.store`).
+        self.store.outage.listener = lambda fields: self.sink.emit(self.events.store_state(**fields))
         self.context = CentralSystemContext(
             store=self.store, sink=self.sink, events=self.events, authorizer=authorizer,
             validator=ocpp16.PayloadValidator(lenient_measurands=settings.lenient_measurands,
@@ -286,7 +289,7 @@ class CentralSystem:
                 by_version[version] = by_version.get(version, 0) + 1
             try:
                 active = self.store.open_transaction_count()
-            except sqlite3.Error:
+            except (sqlite3.Error, StorageError):  # the database is away: the store's own gauges still show
                 active = None
             fluentd = self.settings.fluentd_enabled
             servers = getattr(getattr(self.sink, "servers", None), "servers", None) if fluentd else None
@@ -414,6 +417,7 @@ class CentralSystem:
         if session is not None and session.generation < generation:
             session.replaced = True
             self.cluster.replaced_elsewhere += 1
+            self.store.release_connection(charge_point_id)  # its transactions now change elsewhere
             log.info("%s reconnected to another instance: closing its connection here from %s",
                      charge_point_id, session.remote_address)
             session.connection.close(1000, "replaced by a newer connection")
@@ -421,6 +425,8 @@ class CentralSystem:
     def _closed(self, session: Session) -> None:
         if self.sessions.get(session.charge_point_id) is session:
             del self.sessions[session.charge_point_id]
+            if self.cluster is not None:  # what the store kept about the charger while it was here
+                self.store.release_connection(session.charge_point_id)
         connection = session.connection
         duration = round(time.monotonic() - session.connected_at, 3)
         self.sink.emit(self.events.make(
@@ -464,6 +470,13 @@ class CentralSystem:
         self._keepalive_task = asyncio.create_task(self._keepalive())
         # Transactions an operator closed with `levity transactions close`: their anomaly events.
         self._closes_task = asyncio.create_task(send_pending_closes_forever(self.store, self.sink, self.events))
+        # Before the first charger (a worker's too: instances on other hosts take chargers over
+        # from it), so every claim of a connection reaches the others.
+        if self.cluster is not None:
+            try:
+                await self.cluster.start()
+            except DatabaseStartupError as exc:
+                raise StartupError(str(exc)) from None
         if not listen:
             return
         settings = self.settings
@@ -476,11 +489,6 @@ class CentralSystem:
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
-        if self.cluster is not None:
-            try:
-                await self.cluster.start()
-            except DatabaseStartupError as exc:
-                raise StartupError(str(exc)) from None
         sockets = self._server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.settings.port
         scheme = "wss" if self.ssl_context else "ws"

@@ -42,6 +42,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
+from levity.store_outage import OutageTracker
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -225,6 +227,10 @@ class _Group:
         rows, self.meter_rows = self.meter_rows, []
         self.add_meter_rows(rows)
 
+    def size(self) -> int:
+        """Statements and meter rows waiting in it."""
+        return len(self.writes) + len(self.meter_rows) + len(self.heartbeats)
+
 
 class _Outcome(NamedTuple):
     error: BaseException | None  # the whole group failed (rolled back)
@@ -324,6 +330,7 @@ class Store:
         self.writes_refused = 0  # statements the database refused (dropped alone)
         self.writes_dropped = 0  # statements dropped because too many waited while commits failed
         self.last_error: str | None = None
+        self.outage = OutageTracker("sqlite", path)  # the `ocpp.store` down/up events
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(charge_points)")}
@@ -359,7 +366,7 @@ class Store:
         group = self._group
         return {"commits": self.commits, "commit_failures": self.commit_failures,
                 "writes_refused": self.writes_refused, "writes_dropped": self.writes_dropped,
-                "pending_writes": len(group.writes) + len(group.meter_rows) + len(group.heartbeats)}
+                "pending_writes": group.size(), "outages": self.outage.outages, "down": int(self.outage.down)}
 
     # Queueing ------------------------------------------------------------------------------
 
@@ -460,6 +467,7 @@ class Store:
                           write.sql.split("(")[0].strip()[:80])
         if outcome.error is None:
             self.commits += 1
+            self.outage.recovered(group.size())
             if self._failing_since is not None:
                 log.info("database: commits work again (after %.1fs)", time.monotonic() - self._failing_since)
                 self._failing_since = None
@@ -484,6 +492,7 @@ class Store:
                 if not future.done():
                     future.set_exception(StorageError(f"database commit failed: {outcome.error}"))
             self._requeue(group)
+            self.outage.failed(str(outcome.error), self._group.size())
             if not self._group.waiters:
                 # Nobody waits for an answer: try again in a while, not on every new write.
                 self._scheduled = True

@@ -3,18 +3,24 @@ Store, for several instances behind a balancer (docs/scaling.md).
 
 Driver: psycopg 3. The Store interface is synchronous on purpose (a handler decides about a
 repeated StartTransaction by reading and writing without an await in between), and psycopg is
-the one well-kept driver with the same types in a blocking and an asyncio API: this module uses
-its blocking connection on the event loop thread, levity/cluster.py its asyncio connection for
-LISTEN/NOTIFY.
+the one well-kept driver with the same types in a blocking and an asyncio API: this module reads
+with its blocking connection on the event loop thread, levity/cluster.py uses its asyncio
+connection for LISTEN/NOTIFY.
 
-Writes are queued and committed together once per event loop turn, in one database transaction
-sent in pipeline mode (one round trip for hundreds of calls), as the SQLite store groups its
-commits. A read sends the queued writes ahead of itself in the same round trip and the same open
-transaction, so it sees what this instance wrote. A transaction start or stop is committed before
-the charger gets its answer (commit() / commit_durable()). When the database cannot take a
-commit, its writes go back to the queue, in order, and are tried again (StorageError to a caller
-that waits for it): a write is never silently dropped. A write the database refuses for good (a
-value out of its range) is applied alone, logged and counted, so it cannot hold back the others.
+Writes never block the event loop, as on SQLite: they are queued, and what was queued during a
+turn of the loop is committed by one database transaction sent in pipeline mode (one round trip
+for hundreds of calls) on a writer thread with its own connection. A transaction start or stop is
+committed before the charger gets its answer (the handler awaits commit_durable()). Reads see the
+committed state; energy_registers() adds the meter values still queued, as the SQLite store does.
+When the database cannot take a commit, its writes go back in front of the queue, in order, and
+are tried again (StorageError to a caller that waits for it): a write is never silently dropped.
+A write the database refuses for good (a value out of its range) is applied alone, logged and
+counted, so it cannot hold back the others. An outage (writes failing, then working again) is
+reported once each way (levity/store_outage.py).
+
+Round trips on the hot path are few: a StartTransaction's repeat check, its connector's open
+transactions and a transaction id come in one; MeterValues and a stop's meter checks are answered
+from what this instance knows of the chargers connected to it (levity/owned_transactions.py).
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Iterable, NamedTuple
 
 import psycopg
 
 from levity.database import DatabaseStartupError, redact
 from levity.schema_pg import SchemaError, check
-from levity.store import TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _operator_view
+from levity.store import (TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _loop_running,
+                          _operator_view)
+from levity.owned_transactions import Known, OwnedTransactions
+from levity.store_outage import OutageTracker
 
 log = logging.getLogger("levity.store")
 
@@ -40,6 +51,44 @@ INSERT_METER_VALUE = (
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
     "phase, context, location, format) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
 SELECT = TRANSACTION_SELECT  # no placeholders: the same text serves both engines
+ENERGY_REGISTER = "Energy.Active.Import.Register"
+IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
+                   "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1")
+OPEN_ON_CONNECTOR = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
+                     "AND abandoned_at IS NULL ORDER BY id")
+
+
+class _Batch:
+    """Writes queued together and committed by one database transaction, and who waits for it."""
+
+    __slots__ = ("writes", "meter_rows", "heartbeats", "waiters")
+
+    def __init__(self):
+        self.writes: list[tuple[str, Any, bool, int | None]] = []  # (sql, params or rows, executemany, key)
+        self.meter_rows: list[tuple] = []
+        self.heartbeats: dict[str, str] = {}
+        self.waiters: list[tuple[asyncio.Future, int | None]] = []  # (future, transaction id or None)
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.meter_rows or self.heartbeats or self.waiters)
+
+    def size(self) -> int:
+        return len(self.writes) + len(self.meter_rows) + len(self.heartbeats)
+
+    def entries(self):
+        yield from self.writes
+        if self.meter_rows:
+            yield INSERT_METER_VALUE, self.meter_rows, True, None
+        if self.heartbeats:
+            yield ("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
+                   [(now, cp) for cp, now in self.heartbeats.items()], True, None)
+
+
+class _Outcome(NamedTuple):
+    error: psycopg.Error | None  # the batch was rolled back (it is tried again)
+    refused: list[str]  # writes the database refused, dropped alone (what it said)
+    refused_keys: set[int]  # the transactions those belonged to
+    reconnected: bool
 
 
 class PostgresStore:
@@ -47,18 +96,25 @@ class PostgresStore:
         self.name = redact(url)
         self._url = url
         self._password = password.decode() if password else None
-        self._queue: list[tuple[str, Any, bool, int | None]] = []  # (sql, params or rows, executemany, key)
-        self._meter_rows: list[tuple] = []
-        self._heartbeats: dict[str, str] = {}
-        self._scheduled = False
-        self._in_transaction = False  # this turn's writes sent but not yet committed
-        self._sent: list[tuple] = []  # those writes, to queue again if the commit fails
+        self._pending = _Batch()  # written, not yet handed to the writer thread
+        self._inflight: _Batch | None = None  # the batch the writer thread commits now
+        self._scheduled = False  # a commit is scheduled or running
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by the first write under a loop
+        self._io: ThreadPoolExecutor | None = None
+        self._writer: psycopg.Connection | None = None  # the writer thread's own connection
         self._down_until = 0.0  # after a failed connect: fail fast instead of blocking the loop again
         self.commits = 0
         self.commit_failures = 0  # commits the database could not take (their writes are retried)
         self.writes_refused = 0  # writes the database refuses for good (logged, then dropped)
-        self._refused_keys: set[int] = set()  # transactions whose write was refused, for commit_durable()
         self.reconnects = 0
+        self.outage = OutageTracker("postgresql", self.name)  # the `ocpp.store` down/up events
+        # Fewer round trips on the hot path: what this instance knows of its chargers'
+        # transactions, a transaction id fetched ahead, and the open transactions of the
+        # connector a StartTransaction is about, read with its repeat check (identical_start).
+        self.owned = OwnedTransactions()
+        self._spare_id: int | None = None
+        self._prefetched_open: tuple[tuple[str, int], list[Transaction]] | None = None
         try:
             self._db = self._connect()
             if check_schema:
@@ -74,8 +130,9 @@ class PostgresStore:
                                application_name="levity", **kwargs)
 
     def connection(self) -> psycopg.Connection:
-        """The open connection, opened again after a loss (psycopg.OperationalError when it cannot
-        be: at most one attempt per RETRY_SECONDS, as a connect blocks the event loop)."""
+        """The reads' connection (the event loop's), opened again after a loss
+        (psycopg.OperationalError when it cannot be: at most one attempt per RETRY_SECONDS, as a
+        connect blocks the event loop)."""
         if self._db.closed or self._db.broken:
             if time.monotonic() < self._down_until:
                 raise psycopg.OperationalError("the database was unreachable moments ago")
@@ -88,11 +145,26 @@ class PostgresStore:
             log.warning("database %s: connected again", self.name)
         return self._db
 
+    def _writer_connection(self) -> psycopg.Connection:
+        """The commits' connection (the writer thread's, or the caller's without a loop)."""
+        if self._writer is None or self._writer.closed or self._writer.broken:
+            self._writer = self._connect()
+        return self._writer
+
     def close(self) -> None:
+        """Commit what is queued (on the calling thread) and close. Called once the loop's work is done."""
+        if self._retry is not None:
+            self._retry.cancel()
+        if self._io is not None:
+            self._io.shutdown(wait=True)  # a commit still running finishes first
+            self._io = None
+        self._loop = None
         try:
-            self.commit()
+            self._commit_now()
         finally:
             self._db.close()
+            if self._writer is not None:
+                self._writer.close()
 
     # Queued writes ----------------------------------------------------------------------------
 
@@ -100,153 +172,217 @@ class PostgresStore:
         """As Store.stats(), for /metrics."""
         return {"commits": self.commits, "commit_failures": self.commit_failures,
                 "writes_refused": self.writes_refused, "writes_dropped": 0,
-                "pending_writes": len(self._queue) + len(self._meter_rows) + len(self._heartbeats),
-                "reconnects": self.reconnects}
+                "pending_writes": self._pending.size(), "reconnects": self.reconnects,
+                "outages": self.outage.outages, "down": int(self.outage.down), "owned_hits": self.owned.hits}
 
     def _write(self, sql: str, params=(), key: int | None = None) -> None:
-        self._queue.append((sql, params, False, key))
+        self._prefetched_open = None
+        self._pending.writes.append((sql, params, False, key))
         self._schedule()
 
     def _write_many(self, sql: str, rows) -> None:
         rows = list(rows)
         if rows:
-            self._queue.append((sql, rows, True, None))
+            self._pending.writes.append((sql, rows, True, None))
             self._schedule()
 
-    def _schedule(self) -> None:
-        if self._scheduled:
+    def _schedule(self, urgent: bool = False) -> None:
+        """A commit at the end of this loop turn (urgent: also while a failed one waits for
+        its retry). Without an event loop (command line tools) the caller commits."""
+        if self._scheduled and not (urgent and self._retry is not None):
             return
         try:
-            asyncio.get_running_loop().call_soon(self._commit_soon)
-            self._scheduled = True
-        except RuntimeError:  # no event loop (command line tools): the caller commits
-            pass
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._scheduled = True
+        self._loop = loop
+        loop.call_soon(self._commit_batch)
 
-    def _commit_soon(self) -> None:
+    def _commit_batch(self) -> None:
+        """Hand what is queued to the writer thread: the event loop never waits for a commit."""
+        self._retry = None
+        if self._inflight is not None:
+            return  # _committed() starts the next one
+        batch, self._pending = self._pending, _Batch()
+        if not batch:
+            self._scheduled = False
+            return
+        self._inflight = batch
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-pg")
+        future = self._loop.run_in_executor(self._io, self._apply, batch)
+        future.add_done_callback(lambda f: f.cancelled() or self._committed(batch, f.result()))
+
+    def _committed(self, batch: "_Batch", outcome: "_Outcome") -> None:
+        self._inflight = None
         self._scheduled = False
-        try:
-            self.commit()
-        except StorageError as exc:
-            log.error("%s: the writes stay queued and are tried again in %.0fs", exc, RETRY_SECONDS)
-            self._scheduled = True
-            asyncio.get_running_loop().call_later(RETRY_SECONDS, self._commit_soon)
+        if outcome.reconnected:
+            self.reconnects += 1
+        self._count_refused(outcome)
+        if outcome.error is None:
+            self.commits += 1
+            self.outage.recovered(batch.size())
+            for future, key in batch.waiters:
+                if future.done():
+                    continue
+                if key is not None and key in outcome.refused_keys:
+                    self.owned.forget(key)
+                    future.set_exception(StorageError(f"the database refused the write for transaction {key}",
+                                                      refused=True))
+                else:
+                    future.set_result(None)
+        else:
+            self.commit_failures += 1
+            error = StorageError(f"database {self.name}: {describe(outcome.error)}")
+            log.error("%s: the writes stay queued and are tried again in %.0fs", error, RETRY_SECONDS)
+            failed_keys = {key for _, key in batch.waiters if key is not None}
+            for future, _ in batch.waiters:
+                if not future.done():
+                    future.set_exception(error)
+            for key in failed_keys:  # their chargers are told to retry: their writes go
+                self.owned.forget(key)
+            self._requeue(batch, failed_keys)
+            if isinstance(outcome.error, psycopg.OperationalError):
+                self.outage.failed(describe(outcome.error), self._pending.size())
+            if not self._pending.waiters:
+                # Nobody waits for an answer: try again in a while, not on every new write.
+                self._scheduled = True
+                self._retry = self._loop.call_later(RETRY_SECONDS, self._commit_batch)
+                return
+        if self._pending:
+            self._schedule()
+
+    def _requeue(self, failed: "_Batch", failed_keys: set[int]) -> None:
+        """A rolled-back batch's writes go back in front of those queued since, in order."""
+        newer = self._pending
+        batch = _Batch()
+        batch.writes = [w for w in failed.writes if w[3] is None or w[3] not in failed_keys] + newer.writes
+        batch.meter_rows = failed.meter_rows + newer.meter_rows
+        batch.heartbeats = {**failed.heartbeats, **newer.heartbeats}
+        batch.waiters = newer.waiters
+        self._pending = batch
+
+    def _count_refused(self, outcome: "_Outcome") -> None:
+        for message in outcome.refused:
+            self.writes_refused += 1
+            self.owned.forget_all()  # what it knew may include the refused write
+            log.error("database %s refused a write, which is dropped: %s", self.name, message)
 
     def commit(self) -> None:
-        """Commit this turn's writes (those queued and those already sent by a read) in one
-        round trip; StorageError when the database cannot take them (they stay queued)."""
-        if not (self._in_transaction or self._queue or self._meter_rows or self._heartbeats):
+        """Under the event loop: commit soon (commit_durable() waits for it). Without one (the
+        command line): commit what is queued now; StorageError when the database cannot take it
+        (the writes stay queued)."""
+        if _loop_running():
+            self._schedule()
             return
-        try:
-            db = self.connection()
-            with db.pipeline():
-                self._send_pending(db)
-                db.execute("COMMIT")
-        except psycopg.Error as exc:
-            raise self._failed(exc) from exc
-        self._in_transaction = False
-        self._sent = []
+        self._commit_now()
+
+    def _commit_now(self) -> None:
+        batch, self._pending = self._pending, _Batch()
+        if not batch:
+            return
+        outcome = self._apply(batch)
+        self._count_refused(outcome)
+        if outcome.error is not None:
+            self._requeue(batch, set())
+            raise StorageError(f"database {self.name}: {describe(outcome.error)}") from outcome.error
         self.commits += 1
+        if outcome.refused_keys:
+            raise StorageError(f"the database refused a write: {outcome.refused[0]}", refused=True)
 
     async def commit_durable(self, key: int | None = None) -> None:
         """Awaited by the transaction handlers before they answer: everything written so far is
         committed. StorageError when it could not be, or the write for transaction `key` was
         refused; then that transaction's own writes are dropped (its charger sends them again),
         as the SQLite store does, and the others stay queued."""
-        try:
-            self.commit()
-        except StorageError:
-            if key is not None:
-                self._queue = [entry for entry in self._queue if entry[3] != key]
-            raise
-        if key is not None and key in self._refused_keys:
-            self._refused_keys.discard(key)
-            raise StorageError(f"the database refused the write for transaction {key}", refused=True)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.waiters.append((future, key))
+        self._schedule(urgent=True)
+        await future
 
     async def drain(self, timeout: float = 5.0) -> None:
-        """Before close(): commit what is queued (a failure is logged; close() tries once more)."""
-        try:
-            self.commit()
-        except StorageError as exc:
-            log.error("%s", exc)
-
-    def _read(self, sql: str, params=()) -> psycopg.Cursor:
-        """A query that sees this instance's writes: the queued ones go first, in the same round
-        trip and the same (still open) transaction, as SQLite reads its own uncommitted writes."""
-        try:
-            db = self.connection()
-            with db.pipeline():
-                self._send_pending(db)
-                cursor = db.execute(sql, params)
-        except psycopg.Error as exc:
-            raise self._failed(exc) from exc
-        return cursor
-
-    def _send_pending(self, db: psycopg.Connection) -> None:
-        """Send the queued writes inside this turn's transaction (opened here); kept in _sent
-        until the commit, to queue them again if it fails."""
-        if not (self._queue or self._meter_rows or self._heartbeats):
+        """Before close(): wait (at most `timeout`) until what is queued is committed or has failed."""
+        if self._loop is None or not (self._pending or self._inflight is not None):
             return
-        batch = (self._queue, self._meter_rows, self._heartbeats)
-        self._queue, self._meter_rows, self._heartbeats = [], [], {}
-        self._sent.append(batch)
-        if not self._in_transaction:
-            db.execute("BEGIN")
-            self._in_transaction = True
-        for sql, params, many, _ in self._entries(*batch):
-            if many:
-                db.cursor().executemany(sql, params)
-            else:
-                db.execute(sql, params)
+        try:
+            await asyncio.wait_for(self.commit_durable(), timeout)
+        except (StorageError, asyncio.TimeoutError) as exc:
+            log.error("%s", exc or "database: the queued writes were not committed in time")
 
-    @staticmethod
-    def _entries(queue, meters, beats):
-        yield from queue
-        if meters:
-            yield INSERT_METER_VALUE, meters, True, None
-        if beats:
-            yield ("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
-                   [(now, cp) for cp, now in beats.items()], True, None)
-
-    def _failed(self, exc: psycopg.Error) -> StorageError:
-        """Roll back; every write of the open transaction goes back in front of the queue, in order."""
-        self.commit_failures += 1
-        if self._in_transaction and not (self._db.closed or self._db.broken):
+    def _apply(self, batch: "_Batch") -> "_Outcome":
+        """One database transaction for the batch, in one round trip (pipeline mode); on the
+        writer thread. Never raises. A write the database refuses (a value out of its range)
+        must not hold back the others forever: then each is committed alone, and one refused
+        is reported and dropped."""
+        reconnected = False
+        try:
+            if self._writer is not None and (self._writer.closed or self._writer.broken):
+                reconnected = True
+            db = self._writer_connection()
+            with db.pipeline():
+                db.execute("BEGIN")
+                for sql, params, many, _ in batch.entries():
+                    if many:
+                        db.cursor().executemany(sql, params)
+                    else:
+                        db.execute(sql, params)
+                db.execute("COMMIT")
+            return _Outcome(None, [], set(), reconnected)
+        except psycopg.OperationalError as exc:
+            self._rollback()
+            return _Outcome(exc, [], set(), reconnected)
+        except psycopg.Error:
+            self._rollback()
+        refused, refused_keys = [], set()
+        for sql, params, many, key in batch.entries():
             try:
-                self._db.execute("ROLLBACK")
+                with self._writer.transaction():
+                    if many:
+                        self._writer.cursor().executemany(sql, params)
+                    else:
+                        self._writer.execute(sql, params)
+            except psycopg.OperationalError as exc:  # the database went away: the batch is retried
+                return _Outcome(exc, refused, refused_keys, reconnected)
+            except psycopg.Error as exc:
+                refused.append(f"{describe(exc)} ({' '.join(sql.split()[:3])})")
+                if key is not None:
+                    refused_keys.add(key)
+        return _Outcome(None, refused, refused_keys, reconnected)
+
+    def _rollback(self) -> None:
+        writer = self._writer
+        if writer is not None and not (writer.closed or writer.broken):
+            try:
+                writer.execute("ROLLBACK")
             except psycopg.Error:
                 pass
-        self._in_transaction = False
-        for queue, meters, beats in reversed(self._sent):
-            self._queue = queue + self._queue
-            self._meter_rows = meters + self._meter_rows
-            beats.update(self._heartbeats)
-            self._heartbeats = beats
-        self._sent = []
-        if not isinstance(exc, psycopg.OperationalError):
-            self._apply_one_by_one()
-        return StorageError(f"database {self.name}: {describe(exc)}")
 
-    def _apply_one_by_one(self) -> None:
-        """A write the database refuses (a value out of its range) must not hold back the others
-        forever: each queued write is committed alone, and one refused is logged and counted."""
-        entries = list(self._entries(self._queue, self._meter_rows, self._heartbeats))
-        self._queue, self._meter_rows, self._heartbeats = [], [], {}
-        for index, (sql, params, many, key) in enumerate(entries):
-            try:
-                with self._db.transaction():
-                    if many:
-                        self._db.cursor().executemany(sql, params)
-                    else:
-                        self._db.execute(sql, params)
-            except psycopg.OperationalError:
-                self._queue = entries[index:] + self._queue  # the database went away: keep the rest
-                return
-            except psycopg.Error as exc:
-                self.writes_refused += 1
-                if key is not None:
-                    self._refused_keys.add(key)
-                log.error("database %s refused a write, which is dropped: %s (%s)", self.name, describe(exc),
-                          " ".join(sql.split()[:3]))
+    def _read(self, sql: str, params=()) -> psycopg.Cursor:
+        """A query on the committed state (the reads' own connection; a transaction start or
+        stop is committed before its answer, so a charger's next call sees it)."""
+        return self._read_many((sql, params))[0]
+
+    def _read_many(self, *queries: tuple[str, Any]) -> list[psycopg.Cursor]:
+        """Several queries in one round trip."""
+        self._prefetched_open = None
+        try:
+            db = self.connection()
+            if len(queries) == 1:
+                cursors = [db.execute(*queries[0])]
+            else:
+                with db.pipeline():
+                    cursors = [db.execute(sql, params) for sql, params in queries]
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                self.outage.failed(describe(exc), self._pending.size())
+            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+        if self.outage.down and not self._pending and self._inflight is None:  # nothing waits: back
+            self.outage.recovered(0)
+        return cursors
 
     # Charge points -------------------------------------------------------------------------
 
@@ -293,7 +429,7 @@ class PostgresStore:
         self._write("UPDATE charge_points SET ocpp_version = %s WHERE id = %s", (version, charge_point_id))
 
     def record_heartbeat(self, charge_point_id: str, now: str) -> None:
-        self._heartbeats[charge_point_id] = now
+        self._pending.heartbeats[charge_point_id] = now
         self._schedule()
 
     def record_cp_status(self, charge_point_id: str, column: str, status: str) -> None:
@@ -329,7 +465,10 @@ class PostgresStore:
                           event_id: str | None = None) -> int:
         # The id from the shared sequence (unique across instances); the row goes with the
         # batch, which the caller commits before it answers.
-        transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+        transaction_id, self._spare_id = self._spare_id, None
+        if transaction_id is None:
+            transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+        self.owned.started(charge_point_id, transaction_id)
         self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
             "reservation_id, created_at, start_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -339,10 +478,12 @@ class PostgresStore:
 
     def forget_transaction(self, transaction_id: int) -> None:
         """As Store.forget_transaction: a start whose answer could not be given."""
+        self.owned.forget(transaction_id)
         self._write("DELETE FROM transactions WHERE id = %s AND stopped_at IS NULL", (transaction_id,))
 
     def forget_stop(self, transaction_id: int, event_id: str) -> None:
         """As Store.forget_stop: a stop whose answer could not be given is open again."""
+        self.owned.stopped(transaction_id, None)
         self._write("UPDATE transactions SET meter_stop = NULL, stop_timestamp = NULL, stop_reason = NULL, "
                     "stop_id_tag = NULL, stopped_at = NULL, stop_event_id = NULL, stop_request = NULL "
                     "WHERE id = %s AND stop_event_id = %s", (transaction_id, event_id))
@@ -360,20 +501,31 @@ class PostgresStore:
 
     def identical_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                         start_timestamp: str) -> Transaction | None:
-        row = self._read(
-            f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
-            "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1",
-            (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)).fetchone()
+        """As Store.identical_start. A StartTransaction asks this first, then open_on_connector()
+        and start_transaction() with no await in between: one round trip answers all three (the
+        transaction id is kept for the next start when this one is a repeat)."""
+        queries = [(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)),
+                   (OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
+        if self._spare_id is None:
+            queries.append(("SELECT nextval('transaction_ids')", ()))
+        identical, still_open, *next_id = self._read_many(*queries)
+        row = identical.fetchone()
+        if next_id:
+            self._spare_id = next_id[0].fetchone()[0]
+        self._prefetched_open = ((charge_point_id, connector_id),
+                                 [Transaction.from_row(r) for r in still_open.fetchall()])
         return Transaction.from_row(row) if row else None
 
     def open_on_connector(self, charge_point_id: str, connector_id: int) -> list[Transaction]:
-        return [Transaction.from_row(row) for row in self._read(
-            f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
-            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, connector_id))]
+        prefetched, self._prefetched_open = self._prefetched_open, None
+        if prefetched is not None and prefetched[0] == (charge_point_id, connector_id):
+            return prefetched[1]
+        return [Transaction.from_row(row) for row in self._read(OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
                          request: dict | None = None) -> None:
+        self.owned.stopped(transaction_id, meter_stop)
         self._write(
             "UPDATE transactions SET meter_stop = %s, stop_timestamp = %s, stop_reason = %s, stop_id_tag = %s, "
             "stopped_at = %s, stop_event_id = %s, stop_request = %s WHERE id = %s",
@@ -383,16 +535,24 @@ class PostgresStore:
 
     def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,
                         event_sent: bool = True, key: int | None = None) -> Transaction:
-        """As Store.close_abandoned: LookupError unknown, ValueError already closed. key: the
-        transaction whose durable commit carries the close."""
+        """As Store.close_abandoned: LookupError unknown, ValueError already closed. Under the
+        event loop decided from the committed state (the caller holds the charge point's
+        transaction lock and awaits commit_durable(key): key is the transaction whose durable
+        commit carries the close); on the command line committed at once and read back."""
         if not reason or not reason.strip():
             raise ValueError("a reason is required to close a transaction")
-        self._write(
-            "UPDATE transactions SET abandoned_at = %s, abandon_reason = %s, abandon_event_id = %s, "
-            "abandon_event_sent = %s WHERE id = %s AND stopped_at IS NULL AND abandoned_at IS NULL",
-            (now, reason.strip(), event_id, int(event_sent), transaction_id),
-            key=transaction_id if key is None else key)
-        closed = self.transaction(transaction_id)
+        sql = ("UPDATE transactions SET abandoned_at = %s, abandon_reason = %s, abandon_event_id = %s, "
+               "abandon_event_sent = %s WHERE id = %s AND stopped_at IS NULL AND abandoned_at IS NULL")
+        params = (now, reason.strip(), event_id, int(event_sent), transaction_id)
+        if _loop_running():
+            closed = self.transaction(transaction_id)
+            if closed is not None and closed.open:
+                self._write(sql, params, key=transaction_id if key is None else key)
+                closed = replace(closed, abandoned_at=now, abandon_reason=reason.strip(), abandon_event_id=event_id)
+        else:
+            self._write(sql, params, key=transaction_id if key is None else key)
+            self.commit()
+            closed = self.transaction(transaction_id)
         if closed is None:
             raise LookupError(f"no transaction {transaction_id}")
         if closed.abandon_event_id != event_id:
@@ -432,14 +592,32 @@ class PostgresStore:
         return [_operator_view(Transaction.from_row(row), now) for row in self._read(sql, params)]
 
     def meter_stop(self, charge_point_id: str, transaction_id: int) -> int | None:
+        """As Store.meter_stop; from memory for a charger connected here once known."""
+        known = self.owned.get(charge_point_id, transaction_id)
+        if known is not None:
+            return known.meter_stop
+        if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
+            return None
         row = self._read("SELECT meter_stop FROM transactions WHERE id = %s AND charge_point_id = %s "
                          "AND stopped_at IS NOT NULL", (transaction_id, charge_point_id)).fetchone()
-        return row[0] if row else None
+        meter_stop = row[0] if row else None
+        self.owned.remember(charge_point_id, transaction_id, Known(meter_stop=meter_stop))
+        return meter_stop
 
     def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
-        return self._read(
+        """As Store.energy_registers; from memory for a transaction started here by a charger
+        still connected here."""
+        known = self.owned.get(charge_point_id, transaction_id)
+        if known is not None and known.registers is not None:
+            return list(known.registers)
+        committed = self._read(
             "SELECT value, unit FROM meter_values WHERE transaction_id = %s AND charge_point_id = %s "
-            "AND measurand = 'Energy.Active.Import.Register'", (transaction_id, charge_point_id)).fetchall()
+            "AND measurand = %s", (transaction_id, charge_point_id, ENERGY_REGISTER)).fetchall()
+        # and those not yet committed (queued, or in the commit running now): a row whose commit
+        # completes during this call may be listed twice; callers look at the highest value only
+        return committed + [(row[5], row[6]) for batch in (self._inflight, self._pending) if batch is not None
+                            for row in batch.meter_rows
+                            if row[2] == transaction_id and row[0] == charge_point_id and row[4] == ENERGY_REGISTER]
 
     # Meter values --------------------------------------------------------------------------
 
@@ -447,14 +625,17 @@ class PostgresStore:
                          meter_value: list[dict[str, Any]]) -> None:
         rows = [
             (charge_point_id, connector_id, transaction_id, entry.get("timestamp", ""),
-             sample.get("measurand") or "Energy.Active.Import.Register", str(sample.get("value", "")),
+             sample.get("measurand") or ENERGY_REGISTER, str(sample.get("value", "")),
              sample.get("unit"), sample.get("phase"), sample.get("context"), sample.get("location"),
              sample.get("format"))
             for entry in meter_value for sample in entry.get("sampled_value", ())
         ]
         if rows:
-            self._meter_rows += rows
+            self._pending.meter_rows += rows
             self._schedule()
+            if transaction_id is not None:
+                self.owned.add_registers(charge_point_id, transaction_id,
+                                         [(row[5], row[6]) for row in rows if row[4] == ENERGY_REGISTER])
 
     # Operator API: read queries --------------------------------------------------------------
 
@@ -532,7 +713,7 @@ class PostgresStore:
     def claim_connection(self, charge_point_id: str, instance_id: str) -> int:
         """Record that this instance now holds the charger's connection; the new generation.
         The notification tells the instance that held it before to close its stale one."""
-        self.commit()
+        self.owned.release(charge_point_id)
         db = self.connection()
         with db.transaction():
             generation = db.execute(
@@ -542,7 +723,12 @@ class PostgresStore:
                 "RETURNING generation", (charge_point_id, instance_id)).fetchone()[0]
             db.execute("SELECT pg_notify('levity_connections', %s)",
                        (json.dumps([charge_point_id, instance_id, generation]),))
+        self.owned.claim(charge_point_id)  # from now on its transactions change only here
         return generation
+
+    def release_connection(self, charge_point_id: str) -> None:
+        """This instance no longer holds the charger's connection: forget what it knew."""
+        self.owned.release(charge_point_id)
 
 
 def describe(exc: psycopg.Error) -> str:

@@ -344,12 +344,16 @@ class WorkerOperations:
     def _owner(self, charge_point_id: str) -> Worker:
         return self.workers[worker_index(charge_point_id, len(self.workers))]
 
-    async def _all(self, op: str, args: dict | None = None) -> list:
+    async def _all(self, op: str, charge_point_key: str, args: dict | None = None) -> list:
+        """Every worker's answer, each item from the worker that owns its charge point: on a
+        shared database (PostgreSQL) every worker lists every row, but only the owner knows
+        whether its charger is connected."""
         answers = await asyncio.gather(*(w.request(op, args) for w in self.workers))
-        return [item for answer in answers for item in answer]
+        return [item for index, answer in enumerate(answers) for item in answer
+                if worker_index(item[charge_point_key], len(self.workers)) == index]
 
     async def charge_points(self) -> list[dict]:
-        return sorted(await self._all("charge_points"), key=lambda item: item["id"])
+        return sorted(await self._all("charge_points", "id"), key=lambda item: item["id"])
 
     async def charge_point(self, charge_point_id: str) -> dict | None:
         return await self._owner(charge_point_id).request("charge_point", {"charge_point_id": charge_point_id})
@@ -358,7 +362,7 @@ class WorkerOperations:
         args = {"charge_point_id": charge_point_id, "open_only": open_only, "limit": limit}
         if charge_point_id is not None:
             return await self._owner(charge_point_id).request("transactions", args)
-        items = await self._all("transactions", args)
+        items = await self._all("transactions", "charge_point_id", args)
         return sorted(items, key=lambda item: item["transaction_id"], reverse=True)[:limit]
 
     async def call(self, charge_point_id: str, action: str, payload: dict, requested_by: str, timeout: float) -> dict:

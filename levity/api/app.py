@@ -71,7 +71,10 @@ def create_app(backend: Backend, tokens: TokenStore, schemas: CommandSchemas, ma
                   redoc_url=None, description="Charge points, transactions, and OCPP calls Levity sends to chargers.")
     bearer = HTTPBearer(auto_error=False, description="a token from `levity api-tokens create NAME --role read|operate`")
 
-    def principal(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
+    # async: the token lookup runs on the event loop thread that owns the store's connection
+    # (a plain def would run in FastAPI's thread pool, and concurrent requests would share one
+    # PostgreSQL connection across threads).
+    async def principal(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> Principal:
         challenge = {"WWW-Authenticate": 'Bearer realm="levity"'}
         if credentials is None:
             raise ProblemError(401, "send 'Authorization: Bearer <token>'; an administrator creates one with "

@@ -43,6 +43,9 @@ TAGS: dict[str, str] = {
     "charging_limit": "charging_limit",
     "charging_profiles_report": "charging_profiles",
     "ev_charging_needs": "ev_charging_needs",
+    # The state store (SQLite or PostgreSQL) stopped taking writes, or takes them again
+    # (levity/store_outage.py): about this Levity process, not one charger.
+    "store_state": "store",
 }
 
 COMMON_FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -111,6 +114,15 @@ SPEC_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
         "samples_count": int,
         "measurands": list,
     },
+    "store_state": {
+        "state": str,
+        "since": str,
+        "duration_seconds": (int, float, NoneType),
+        "writes_waiting": int,
+        "engine": str,
+        "database": str,
+        "error": (str, NoneType),
+    },
     "anomaly": {
         "ocpp_version": str,
         "kind": str,
@@ -140,6 +152,9 @@ ANOMALY_KINDS: dict[str, str] = {
     "meter_stop_below_start": "meterStop below meterStart: kept as sent, energy_delivered is negative",
     "meter_value_above_stop": "an Energy.Active.Import.Register of the transaction above its meterStop: kept as sent",
 }
+
+STORE_STATES = ("down", "up")
+STORE_EVENT_CHARGE_POINT = ""  # store events belong to no charger
 
 COMMAND_OUTCOMES = ("result", "call_error", "timeout", "not_connected")
 # Keys whose values are id tags (personal data) in the payloads of calls to chargers.
@@ -264,6 +279,18 @@ class EventFactory:
         self.anomalies[kind] = self.anomalies.get(kind, 0) + 1
         return self.make("anomaly", charge_point_id, event_id=event_id, kind=kind, transaction_id=transaction_id,
                          first_event_id=first_event_id, detail=detail, **fields)
+
+
+    def store_state(self, *, state: str, since: str, duration_seconds: float | None, writes_waiting: int,
+                    engine: str, database: str, error: str | None) -> AuditEvent:
+        """An `ocpp.store` event: the store's writes failing (`down`) or working again (`up`).
+        It concerns no charger (charge_point_id is empty) and no connection (no ocpp_version)."""
+        assert state in STORE_STATES, state
+        event = self.make("store_state", STORE_EVENT_CHARGE_POINT, state=state, since=since,
+                          duration_seconds=duration_seconds, writes_waiting=writes_waiting, engine=engine,
+                          database=database, error=error)
+        del event.record["ocpp_version"]
+        return event
 
 
 def new_event_id() -> str:
