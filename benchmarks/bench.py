@@ -331,13 +331,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path, phase: Phase
         if phase.storm:
             result["connect_timeouts"] = sum(n for reason, n in failures.items() if "Timeout" in reason)
             result["server_cpu_seconds"] = round(ProcessTree(server.process.pid).cpu_seconds(), 2)
-            for _, conn in workers:
-                conn.send(("close",))
-            for _, conn in workers:
-                try:
-                    _recv(conn, 30, "closed")
-                except (TimeoutError, RuntimeError, EOFError):
-                    pass
+            _close_chargers(workers, 30)
             result["server_exit_code"] = server.stop()
             return result
 
@@ -417,13 +411,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path, phase: Phase
             result["calls_throttled"] = metrics_window.get("levity_calls_throttled_total")
 
         # Close the chargers, then the server (it flushes its audit events on SIGTERM).
-        for _, conn in workers:
-            conn.send(("close",))
-        for _, conn in workers:
-            try:
-                _recv(conn, 15, "closed")
-            except (TimeoutError, RuntimeError, EOFError):
-                pass
+        _close_chargers(workers, 15)
         time.sleep(0.3)
         metrics_final = server.metrics()
         exit_code = server.stop()
@@ -462,6 +450,16 @@ def run_point(args, target_name: str, chargers: int, workdir: Path, phase: Phase
             server.kill()
         if receiver is not None:
             receiver.stop()
+
+
+def _close_chargers(workers, timeout: float) -> None:
+    for _, conn in workers:
+        conn.send(("close",))
+    for _, conn in workers:
+        try:
+            _recv(conn, timeout, "closed")
+        except (TimeoutError, RuntimeError, EOFError):
+            pass
 
 
 def _start_profiler(args, server: ServerProcess, target: str, chargers: int):

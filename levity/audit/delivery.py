@@ -340,11 +340,6 @@ class ForwardSink:
                 continue
             self.acknowledged += count
             self.servers.acknowledged(self._active, count)
-            if count < self.batch_size and not self._closing:
-                # Caught up: let the next batch gather for a flush interval, as Fluentd's own
-                # buffers do. A batch per group commit (under load, per few transaction
-                # events) cost more CPU in hops, wake-ups and acks than its events did.
-                await asyncio.sleep(self.flush_interval)
             if self._degraded and self._active == 0:
                 self._degraded = False
                 log.info("audit events go to the preferred Fluentd at %s again", self._conn.endpoint.describe())
@@ -355,6 +350,14 @@ class ForwardSink:
                          self.spool.depth_events)
                 self._failing_since = None
             self.last_error = None
+            if count < self.batch_size and not self._closing:
+                # Caught up: let the next batch gather for a flush interval, as Fluentd's own
+                # buffers do. A batch per group commit (under load, per few transaction
+                # events) cost more CPU in hops, wake-ups and acks than its events did. The
+                # spool learns of the ack first, so its depth is right meanwhile.
+                await loop.run_in_executor(self._io, self.spool.ack, end)
+                acked = None
+                await asyncio.sleep(self.flush_interval)
 
     def _switch_to(self, index: int, conn: ForwardConnection) -> None:
         self._active, self._conn = index, conn
