@@ -6,16 +6,12 @@ payload length) is fixed too and sending a call is one bytes concatenation. A ze
 key is valid (RFC 6455 only asks the key to be unpredictable, servers unmask whatever it is)
 and spares the client the XOR; the server does the same unmasking work with any key.
 Only MeterValues and StopTransaction carry a per-transaction value (the transactionId the
-server answered), so those two are assembled from two parts and get their header per call;
-StartTransaction carries a timestamp of its own per transaction, since a central system
-answers a start identical to an earlier one of the same charger as a repeat (its first
-transaction id, no new transaction), which is not the path a bench should measure.
+server answered), so those two are assembled from two parts and get their header per call.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
 # Unique ids: 10 digits, per charger counter (unique per connection, which is what OCPP-J asks).
 UID_WIDTH = 10
@@ -55,6 +51,8 @@ STATIC_PAYLOADS: dict[str, dict] = {
     "StatusNotificationCharging": {"connectorId": 1, "errorCode": "NoError", "status": "Charging",
                                    "timestamp": BENCH_TIMESTAMP},
     "Authorize": {"idTag": ID_TAG},
+    "StartTransaction": {"connectorId": 1, "idTag": ID_TAG, "meterStart": METER_START,
+                         "timestamp": BENCH_TIMESTAMP},
     # Meter values outside a transaction (connector energy register), as chargers send them.
     "MeterValues": {"connectorId": 1, "meterValue": [{"timestamp": BENCH_TIMESTAMP, "sampledValue": [
         {"value": "12345", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
@@ -72,7 +70,6 @@ TX_METER_VALUE = [{"timestamp": BENCH_TIMESTAMP, "sampledValue": [
 ACTION_OF = {key: key for key in STATIC_PAYLOADS}
 ACTION_OF["StatusNotificationCharging"] = "StatusNotification"
 ACTION_OF["TxMeterValues"] = "MeterValues"
-ACTION_OF["StartTransaction"] = "StartTransaction"
 ACTION_OF["StopTransaction"] = "StopTransaction"
 
 
@@ -108,27 +105,7 @@ class TransactionFrame:
         return ws_header(len(body)) + ZERO_MASK + body
 
 
-class StartTransactionFrame:
-    """StartTransaction whose timestamp is BENCH_TIMESTAMP plus the charger's count of starts in
-    seconds: every start of a charger is a new one."""
-
-    __slots__ = ("key", "action", "before", "after")
-    BASE = 1_705_312_800  # BENCH_TIMESTAMP as a Unix time
-
-    def __init__(self):
-        self.key = self.action = "StartTransaction"
-        self.before = (b'","StartTransaction",{"connectorId":1,"idTag":"' + ID_TAG.encode()
-                       + b'","meterStart":%d,"timestamp":"' % METER_START)
-        self.after = b'"}]'
-
-    def build(self, uid: bytes, start_number: int) -> bytes:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(self.BASE + start_number)).encode()
-        body = b'[2,"' + uid + self.before + stamp + self.after
-        return ws_header(len(body)) + ZERO_MASK + body
-
-
 STATIC = {key: StaticFrame(key, payload) for key, payload in STATIC_PAYLOADS.items()}
-START_TRANSACTION = StartTransactionFrame()
 TX_METER_VALUES = TransactionFrame(
     "TxMeterValues", "MeterValues", b'{"connectorId":1,"transactionId":',
     b',"meterValue":' + _json(TX_METER_VALUE) + b"}")

@@ -72,7 +72,6 @@ class Charger(asyncio.Protocol):
         self.closed = False
         self.ready: asyncio.Future = worker.loop.create_future()
         self.counter = 0
-        self.starts = 0
         self.uid = b""
         self.expect = b""
         self.key = -1
@@ -188,9 +187,6 @@ class Charger(asyncio.Protocol):
         name = KEYS[key]
         if name == "TxMeterValues":
             frame = frames.TX_METER_VALUES.build(uid, self.transaction_id if self.transaction_id is not None else -1)
-        elif name == "StartTransaction":
-            self.starts += 1
-            frame = frames.START_TRANSACTION.build(uid, self.starts)
         elif name == "StopTransaction":
             frame = frames.STOP_TRANSACTION.build(uid, self.transaction_id if self.transaction_id is not None else -1)
             self.transaction_id = None
