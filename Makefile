@@ -25,9 +25,11 @@ test-fast: $(BIN)/levity
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -ra -m "not deploy"
 
 # The load benchmark (docs/benchmark.md): levity vs a plain ocpp-library server vs a
-# websockets echo server, same client; prints a table, writes bench.json and bench.png.
+# websockets echo server, same client; per core (server pinned to the first CPU, client and
+# receiver on the others: by call type, audit on/off, the reconnect storm), then the whole
+# machine; prints the tables, writes bench.json and bench.png.
 bench: $(BIN)/levity
-	$(BIN)/python -m benchmarks.bench --json bench.json --plot bench.png $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.bench --per-core --json bench.json --plot bench.png $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info levity.db levity-spool levity-audit.jsonl

@@ -6,6 +6,7 @@ server, with the same load client, in the same run.
     python -m benchmarks.bench --mode open --rate 2 --chargers 1000
     python -m benchmarks.bench --connections-only 10000 --targets levity
     python -m benchmarks.bench --targets all                     # + audit off, Fluentd down
+    python -m benchmarks.bench --per-core                        # server on CPU 0, the rest elsewhere
 
 Every server is started by the bench on a free 127.0.0.1 port and stopped at the end; temp
 directories are removed. See docs/benchmark.md for what is measured and how.
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from array import array
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -36,6 +38,10 @@ MAX_CHARGERS = 20_000
 MAX_DURATION = 900.0
 ACTION_OF_KEY = {"StatusNotificationCharging": "StatusNotification", "TxMeterValues": "MeterValues"}
 EMITTED = 'levity_audit_events_total{state="emitted"}'  # in Levity's /metrics
+ACKNOWLEDGED = 'levity_audit_events_total{state="acknowledged"}'
+# --per-core: the targets measured on the server's CPU set (the whole-machine table keeps --targets).
+PER_CORE_TARGETS = ("levity", "levity-audit-off", "plain-ocpp", "echo")
+STORM_TARGETS = ("levity", "plain-ocpp")
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -51,6 +57,9 @@ def parse_mix(text: str) -> dict[str, float]:
     if not mix or sum(mix.values()) <= 0:
         raise argparse.ArgumentTypeError("the mix needs at least one positive weight")
     return mix
+
+
+DEFAULT_MIX = parse_mix("heartbeat=25,status=25,meter=25,transaction=25")
 
 
 def parse_counts(text: str) -> list[int]:
@@ -76,11 +85,25 @@ def parse_cpus(text: str) -> list[int]:
     return cpus
 
 
+def parse_steps(text: str) -> list[str]:
+    if text == "none":
+        return []
+    steps = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {unknown}: use {', '.join(STEPS)} or none")
+    return steps
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--targets", type=parse_targets, default=list(DEFAULT_TARGETS),
-                   help=f"comma-separated, or 'all': {', '.join(TARGETS)}")
+    p.add_argument("--targets", type=parse_targets, default=None,
+                   help=f"comma-separated, or 'all': {', '.join(TARGETS)} (default: {','.join(DEFAULT_TARGETS)}; "
+                        f"with --per-core, the pinned table's default is {','.join(PER_CORE_TARGETS)})")
+    p.add_argument("--levity-tree", type=Path, metavar="DIR",
+                   help="run the levity targets from this source tree (e.g. an export of another commit): "
+                        "before/after comparisons with the same client")
     p.add_argument("--chargers", type=parse_counts, default=[100, 1000],
                    help="comma-separated numbers of simulated charge points, one measuring point each")
     p.add_argument("--duration", type=float, default=None,
@@ -91,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="closed: each charger sends its next call as soon as the answer comes; "
                         "open: --rate calls per second per charger on a fixed schedule")
     p.add_argument("--rate", type=float, default=1.0, help="open loop: calls per second per charger")
-    p.add_argument("--mix", type=parse_mix, default=parse_mix("heartbeat=25,status=25,meter=25,transaction=25"),
+    p.add_argument("--mix", type=parse_mix, default=DEFAULT_MIX,
                    help="relative weights of the next step: heartbeat, status, meter, transaction "
                         "(a transaction is Authorize, StartTransaction, MeterValues x --tx-meter-values, "
                         "StopTransaction)")
@@ -115,10 +138,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pin the server (and its children) to these CPUs, e.g. 0 (default: no pinning)")
     p.add_argument("--client-cpus", type=parse_cpus, default=None, metavar="LIST",
                    help="pin the load client processes to these CPUs, e.g. 1")
-    p.add_argument("--receiver", choices=("counting", "tests"), default="counting",
-                   help="Fluentd stand-in for the levity target: benchmarks/forward_receiver.py (decodes and "
-                        "counts; keeps up with Levity) or the suite's tests/support/forward_receiver.py (decodes "
-                        "and keeps every event: a cross-check, but under load it falls behind and Levity spools)")
+    p.add_argument("--receiver", choices=("counting", "tests", "fluentd"), default=None,
+                   help="Fluentd or a stand-in for the levity target: benchmarks/forward_receiver.py (counting: "
+                        "decodes and counts; keeps up with Levity), the suite's tests/support/forward_receiver.py "
+                        "(tests: decodes and keeps every event: a cross-check, but under load it falls behind and "
+                        "Levity spools) or a real Fluentd with the null output (fluentd: FLUENTD_BIN or on PATH). "
+                        "Default: fluentd with --per-core when one is installed, else counting")
+    p.add_argument("--per-core", action="store_true",
+                   help="measure per core: the server (every thread and worker) pinned to --server-cpus (default: "
+                        "the first CPU), the load client and the receiver to the others; levity with audit on and "
+                        "off, plain-ocpp and echo; then --by-type and --storm on the same CPUs, then the "
+                        "whole-machine table (--targets, unpinned) unless --no-whole-machine")
+    p.add_argument("--by-type", type=parse_steps, default=None, metavar="STEPS",
+                   help="with --per-core: one extra point per step type (the mix STEP=100) for server CPU "
+                        "microseconds per call by call type (default: all steps; 'none' to skip)")
+    p.add_argument("--storm", type=int, default=None, metavar="N",
+                   help="reconnect storm: N chargers connect and boot at once; time until all are booted, "
+                        "failures and timeouts; levity against plain-ocpp (default with --per-core: 10000; 0 skips)")
+    p.add_argument("--no-whole-machine", action="store_true", help="with --per-core: skip the unpinned table")
     p.add_argument("--rounds", type=int, default=1,
                    help="run every target at every point this many times, interleaved; ratios are taken "
                         "within each round (neighbours in time) and their median is reported")
@@ -158,25 +195,97 @@ def _recv(conn, timeout: float, expect: str):
     return message[1] if len(message) > 1 else None
 
 
-def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
+@dataclass(frozen=True)
+class Phase:
+    """One table of the report: which CPUs, which mix, load or a reconnect storm."""
+
+    name: str
+    title: str
+    targets: tuple[str, ...]
+    chargers: tuple[int, ...]
+    mix: dict
+    mix_name: str = "default"
+    server_cpus: tuple[int, ...] | None = None
+    client_cpus: tuple[int, ...] | None = None
+    storm: bool = False
+    by_type: bool = False  # one of the single-step phases, reported together
+
+
+def build_phases(args) -> list[Phase]:
+    default_mix = "default" if args.mix == DEFAULT_MIX else "custom"
+    if not args.per_core:
+        return [Phase("main", "", tuple(args.targets or DEFAULT_TARGETS), tuple(args.chargers), args.mix,
+                      default_mix, _opt(args.server_cpus), _opt(args.client_cpus))]
+    pinned_targets = tuple(args.targets or PER_CORE_TARGETS)
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = args.server_cpus or cpus[:1]
+    client_cpus = args.client_cpus or [c for c in cpus if c not in server_cpus]
+    if not client_cpus:
+        raise SystemExit(f"--per-core needs a CPU besides the server's {server_cpus} for the client: "
+                         f"this process may use {cpus}")
+    pinned = dict(server_cpus=tuple(server_cpus), client_cpus=tuple(client_cpus))
+    where = f"server on CPU {','.join(map(str, server_cpus))}, client and receiver on {','.join(map(str, client_cpus))}"
+    phases = [Phase("per-core", f"Per core ({where})", pinned_targets, tuple(args.chargers), args.mix,
+                    default_mix, **pinned)]
+    for step in args.by_type:
+        phases.append(Phase(f"per-core-{step}", f"Per core, only {step} ({where})", pinned_targets,
+                            tuple(args.chargers[:1]), {step: 1.0}, step, by_type=True, **pinned))
+    if args.storm:
+        phases.append(Phase("storm", f"Reconnect storm: {args.storm} chargers connect and boot at once ({where})",
+                            STORM_TARGETS, (args.storm,), args.mix, default_mix, storm=True, **pinned))
+    if not args.no_whole_machine:
+        phases.append(Phase("whole-machine", f"Whole machine (no pinning, {len(cpus)} CPUs)",
+                            tuple(args.targets or DEFAULT_TARGETS),
+                            tuple(args.chargers), args.mix, default_mix))
+    return phases
+
+
+def _opt(cpus):
+    return tuple(cpus) if cpus else None
+
+
+def start_receiver(args, workdir: Path, cpus):
+    if args.receiver == "fluentd":
+        from benchmarks.fluentd_null import FluentdNullReceiver, fluentd_binary
+
+        return FluentdNullReceiver(fluentd_binary(), workdir / "fluentd", free_port(), cpus=list(cpus or []))
+    from benchmarks.forward_receiver import ReceiverProcess
+
+    receiver = ReceiverProcess(kind=args.receiver)
+    if cpus:
+        os.sched_setaffinity(receiver.pid, cpus)
+    return receiver
+
+
+def received(receiver, server: ServerProcess, fast: bool = True) -> dict:
+    """What the receiver has: its own counts, or for a real Fluentd what Levity saw acknowledged."""
+    if getattr(receiver, "kind", "") == "fluentd":
+        events = int(server.metrics().get(ACKNOWLEDGED, 0))
+        return {"events": events, "by_tag": {}, "acks": None, "connections": None, "decode_errors": 0}
+    return receiver.snapshot(fast=fast)
+
+
+def run_point(args, target_name: str, chargers: int, workdir: Path, phase: Phase | None = None) -> dict:
+    phase = phase or build_phases(args)[0]
     spec = TARGETS[target_name]
     receiver = None
     server = None
     workers: list[tuple[multiprocessing.Process, object]] = []
     result: dict = {"target": target_name, "charge_points": chargers, "mode": args.mode,
-                    "rate_per_charger": args.rate if args.mode == "open" else None}
+                    "rate_per_charger": args.rate if args.mode == "open" else None,
+                    "phase": phase.name, "mix": phase.mix_name}
     try:
         fluentd_port = None
         if spec.kind == "levity" and spec.audit == "fluentd":
-            from benchmarks.forward_receiver import ReceiverProcess
-
-            receiver = ReceiverProcess(kind=args.receiver)
+            receiver = start_receiver(args, workdir, phase.client_cpus)
             fluentd_port = receiver.port
+            result["receiver"] = args.receiver
         elif spec.kind == "levity" and spec.audit == "down":
             fluentd_port = free_port()  # nothing listens there
         extra_env = dict(kv.split("=", 1) for kv in args.levity_env)
         server = ServerProcess(spec, workdir, extra_env=extra_env, fluentd_port=fluentd_port,
-                               cpus=args.server_cpus).start()
+                               cpus=list(phase.server_cpus) if phase.server_cpus else None,
+                               source_tree=args.levity_tree).start()
         if spec.kind == "levity":
             result["levity_env"] = server.env_used
         tree = ProcessTree(server.process.pid)
@@ -184,16 +293,19 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         rss_start = tree.rss()
 
         # Load clients: the charge points split round-robin between the processes.
-        clients = args.clients or multiprocessing.cpu_count() or 1
+        clients = args.clients or (len(phase.client_cpus) if phase.client_cpus else multiprocessing.cpu_count()) or 1
         clients = max(1, min(clients, (chargers + 9) // 10))
+        # A storm: every charger of a client process connects at once.
+        concurrency = (chargers + clients - 1) // clients if phase.storm else args.connect_concurrency
         ids = [(n, f"BENCH{n:06d}") for n in range(1, chargers + 1)]
         context = multiprocessing.get_context("fork")
         for index in range(clients):
             cfg = {"host": "127.0.0.1", "port": server.port, "echo": spec.kind == "echo",
-                   "charge_points": ids[index::clients], "mix": args.mix, "tx_meter_values": args.tx_meter_values,
+                   "charge_points": ids[index::clients], "mix": phase.mix, "tx_meter_values": args.tx_meter_values,
                    "rate": args.rate if args.mode == "open" else 0, "seed": args.seed * 1000 + index,
                    "call_timeout": args.call_timeout, "connect_timeout": args.connect_timeout,
-                   "connect_concurrency": args.connect_concurrency, "cpus": args.client_cpus}
+                   "connect_concurrency": concurrency,
+                   "cpus": list(phase.client_cpus) if phase.client_cpus else None}
             parent_conn, child_conn = context.Pipe()
             process = context.Process(target=worker_main, args=(cfg, child_conn), daemon=True,
                                       name=f"bench-client-{index}")
@@ -216,6 +328,12 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
                       boot_latency_ms=percentiles(list(boots)), client_processes=clients)
         log(args, f"  {target_name}: {connected}/{chargers} charge points connected and booted "
                   f"in {result['connect_seconds']:.1f}s" + (f"; failures: {failures}" if failures else ""))
+        if phase.storm:
+            result["connect_timeouts"] = sum(n for reason, n in failures.items() if "Timeout" in reason)
+            result["server_cpu_seconds"] = round(ProcessTree(server.process.pid).cpu_seconds(), 2)
+            _close_chargers(workers, 30)
+            result["server_exit_code"] = server.stop()
+            return result
 
         time.sleep(1.0)  # settle: answers written, buffers back
         rss_idle = tree.rss()
@@ -234,7 +352,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         cpu0 = tree.cpu_seconds()
         client_cpu0 = sum(t.cpu_seconds() for t in client_trees)
         receiver_cpu0 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
-        audit0 = receiver.snapshot(fast=True)["events"] if receiver else 0
+        audit0 = received(receiver, server)["events"] if receiver else 0
         machine0 = psutil.cpu_times()
         t0 = time.monotonic()
         while time.monotonic() < measure_end:
@@ -245,7 +363,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
         cpu1 = tree.cpu_seconds()
         client_cpu1 = sum(t.cpu_seconds() for t in client_trees)
         receiver_cpu1 = ProcessTree(receiver.pid).cpu_seconds() if receiver else 0.0
-        audit1 = receiver.snapshot(fast=True)["events"] if receiver else 0
+        audit1 = received(receiver, server)["events"] if receiver else 0
         peak_rss = max(peak_rss, tree.rss())
         metrics_window = server.metrics()
         if profiler is not None:
@@ -277,7 +395,10 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             disconnects=sum(o["disconnects"] for o in outcomes),
             connections_held=sum(o["open_at_end"] for o in outcomes),
             server_cpu_percent=round((cpu1 - cpu0) / elapsed * 100, 1),
+            # The figure that survives a shared machine: server CPU per answered call.
+            server_cpu_us_per_call=round((cpu1 - cpu0) / calls * 1e6, 1) if calls else None,
             server_processes=tree.num_processes(),
+            server_cpus_allowed=tree.cpus_used(),  # every thread of every process: the pinning held
             client_cpu_percent=round((client_cpu1 - client_cpu0) / elapsed * 100, 1),
             machine_cpu_busy_percent=_busy_percent(machine0, machine1),
             client_cpu_percent_by_process=[round(o["client_cpu_percent"], 1) for o in outcomes],
@@ -290,13 +411,7 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             result["calls_throttled"] = metrics_window.get("levity_calls_throttled_total")
 
         # Close the chargers, then the server (it flushes its audit events on SIGTERM).
-        for _, conn in workers:
-            conn.send(("close",))
-        for _, conn in workers:
-            try:
-                _recv(conn, 15, "closed")
-            except (TimeoutError, RuntimeError, EOFError):
-                pass
+        _close_chargers(workers, 15)
         time.sleep(0.3)
         metrics_final = server.metrics()
         exit_code = server.stop()
@@ -307,9 +422,11 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             audit_stats["spooled"] = metrics_final.get("levity_audit_unacknowledged_events")
             audit = {"sink_stats": audit_stats}
             if receiver is not None:
-                delivered = _settle(receiver, audit_stats.get("emitted"))
+                delivered = _settle(receiver, audit_stats.get("emitted"), metrics_final)
                 audit.update(
                     receiver=args.receiver, delivered=delivered["events"], delivered_by_tag=delivered["by_tag"],
+                    # The fluentd receiver's count is Levity's acknowledged metric, read before SIGTERM.
+                    delivered_counted_by="levity /metrics" if args.receiver == "fluentd" else "receiver",
                     acks_sent=delivered["acks"], forward_connections=delivered["connections"],
                     decode_errors=delivered["decode_errors"],
                     delivered_in_window=audit1 - audit0,
@@ -333,6 +450,16 @@ def run_point(args, target_name: str, chargers: int, workdir: Path) -> dict:
             server.kill()
         if receiver is not None:
             receiver.stop()
+
+
+def _close_chargers(workers, timeout: float) -> None:
+    for _, conn in workers:
+        conn.send(("close",))
+    for _, conn in workers:
+        try:
+            _recv(conn, timeout, "closed")
+        except (TimeoutError, RuntimeError, EOFError):
+            pass
 
 
 def _start_profiler(args, server: ServerProcess, target: str, chargers: int):
@@ -406,8 +533,11 @@ def _busy_percent(before, after) -> float:
     return round((total - idle) / total * 100, 1) if total > 0 else 0.0
 
 
-def _settle(receiver, emitted: float | None, timeout: float = 15.0) -> dict:
+def _settle(receiver, emitted: float | None, levity_metrics: dict, timeout: float = 15.0) -> dict:
     """The receiver's counts once events stop arriving (or all emitted ones are in)."""
+    if getattr(receiver, "kind", "") == "fluentd":  # counted by Levity: its reading before SIGTERM
+        return {"events": int(levity_metrics.get(ACKNOWLEDGED, 0)), "by_tag": {}, "acks": None,
+                "connections": None, "decode_errors": 0}
     deadline = time.monotonic() + timeout
     last = receiver.snapshot(fast=True)
     stable_since = time.monotonic()
@@ -447,20 +577,40 @@ def main(argv: list[str] | None = None) -> int:
         if "=" not in kv:
             raise SystemExit(f"--levity-env {kv!r}: expected KEY=VALUE")
 
+    if args.levity_tree is not None and not (args.levity_tree / "levity" / "cli.py").is_file():
+        raise SystemExit(f"--levity-tree {args.levity_tree}: no levity/cli.py there")
+    if args.receiver is None:
+        from benchmarks.fluentd_null import fluentd_binary
+
+        args.receiver = "fluentd" if args.per_core and fluentd_binary() else "counting"
+    elif args.receiver == "fluentd":
+        from benchmarks.fluentd_null import fluentd_binary
+
+        if not fluentd_binary():
+            raise SystemExit("--receiver fluentd: no Fluentd here (set FLUENTD_BIN or put `fluentd` on PATH)")
+    if args.by_type is None:
+        args.by_type = list(STEPS) if args.per_core else []
+    if args.storm is None:
+        args.storm = 10_000 if args.per_core else 0
+    if not 0 <= args.storm <= MAX_CHARGERS:
+        raise SystemExit(f"--storm: 0..{MAX_CHARGERS}")
+    if (args.by_type or args.storm) and not args.per_core:
+        raise SystemExit("--by-type and --storm measure on the per-core CPU sets: add --per-core")
+    phases = build_phases(args)
     if args.receiver == "tests":
         from benchmarks.forward_receiver import tests_receiver_available
 
         if not tests_receiver_available():
             raise SystemExit("--receiver tests: tests/support/forward_receiver.py is not importable")
     soft, hard = ulimit_nofile()
-    needed = max(args.chargers) + 256
+    needed = max(max(p.chargers) for p in phases) + 256
     limits = {"nofile_soft": soft, "nofile_hard": hard, "ephemeral_ports": ephemeral_ports()}
     if soft < needed:
         print(f"warning: open files limit {soft} (hard {hard}) is below the {needed} descriptors the server "
-              f"needs for {max(args.chargers)} charge points: some connections will fail", file=sys.stderr)
+              f"needs for {needed - 256} charge points: some connections will fail", file=sys.stderr)
 
     run = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": describe_machine(), "limits": limits,
-           "config": {"targets": args.targets, "chargers": args.chargers, "mode": args.mode,
+           "config": {"targets": [t for p in phases for t in p.targets], "chargers": args.chargers, "mode": args.mode,
                       "rate_per_charger": args.rate if args.mode == "open" else None, "mix": args.mix,
                       "tx_meter_values": args.tx_meter_values, "duration": args.duration, "warmup": args.warmup,
                       "connections_only": args.connections_only,
@@ -468,27 +618,38 @@ def main(argv: list[str] | None = None) -> int:
                       "clients": args.clients or multiprocessing.cpu_count(), "seed": args.seed,
                       "rounds": args.rounds,
                       "levity_env": args.levity_env, "receiver": args.receiver, "server_cpus": args.server_cpus,
-                      "client_cpus": args.client_cpus},
+                      "client_cpus": args.client_cpus, "per_core": args.per_core,
+                      "levity_tree": str(args.levity_tree) if args.levity_tree else None,
+                      "phases": [{"name": p.name, "title": p.title, "targets": list(p.targets),
+                                  "chargers": list(p.chargers), "mix": p.mix,
+                                  "server_cpus": list(p.server_cpus) if p.server_cpus else None,
+                                  "client_cpus": list(p.client_cpus) if p.client_cpus else None,
+                                  "storm": p.storm, "by_type": p.by_type, "mix_name": p.mix_name}
+                                 for p in phases]},
            "results": []}
     workdir = Path(tempfile.mkdtemp(prefix="levity-bench-"))
     try:
         # Rounds outermost: each round measures every target close together in time, so the
         # machine's drift (these machines are shared) hits a round's targets alike.
         for round_index in range(args.rounds):
-            for chargers in args.chargers:
-                for target in args.targets:
-                    log(args, f"[{target} x {chargers} charge points, {args.mode} loop, "
-                              f"{args.warmup:g}s warm-up + {args.duration:g}s, round {round_index + 1}/{args.rounds}]")
-                    point_dir = workdir / f"{target}-{chargers}-{round_index}"
-                    point_dir.mkdir()
-                    try:
-                        result = run_point(args, target, chargers, point_dir)
-                    except (RuntimeError, TimeoutError, OSError) as exc:
-                        result = {"target": target, "charge_points": chargers, "failed": str(exc)[-2000:]}
-                        log(args, f"  {target}: FAILED: {exc}")
-                    result["round"] = round_index
-                    run["results"].append(result)
-                    shutil.rmtree(point_dir, ignore_errors=True)
+            for phase in phases:
+                for chargers in phase.chargers:
+                    for target in phase.targets:
+                        what = ("reconnect storm" if phase.storm else
+                                f"{args.mode} loop, mix {phase.mix_name}, {args.warmup:g}s warm-up + {args.duration:g}s")
+                        log(args, f"[{phase.name}: {target} x {chargers} charge points, {what}, "
+                                  f"round {round_index + 1}/{args.rounds}]")
+                        point_dir = workdir / f"{phase.name}-{target}-{chargers}-{round_index}"
+                        point_dir.mkdir()
+                        try:
+                            result = run_point(args, target, chargers, point_dir, phase)
+                        except (RuntimeError, TimeoutError, OSError) as exc:
+                            result = {"target": target, "charge_points": chargers, "phase": phase.name,
+                                      "mix": phase.mix_name, "failed": str(exc)[-2000:]}
+                            log(args, f"  {target}: FAILED: {exc}")
+                        result["round"] = round_index
+                        run["results"].append(result)
+                        shutil.rmtree(point_dir, ignore_errors=True)
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured", file=sys.stderr)
     finally:

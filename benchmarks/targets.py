@@ -58,6 +58,7 @@ class ServerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     fluentd_port: int | None = None
     cpus: list[int] | None = None
+    source_tree: Path | None = None  # levity: import it from this tree instead of this repository
     port: int = 0
     process: subprocess.Popen | None = None
     env_used: dict[str, str] = field(default_factory=dict)
@@ -82,7 +83,8 @@ class ServerProcess:
     def start(self, timeout: float = 30.0) -> "ServerProcess":
         self.port = free_port()
         command, env = self.command_and_env()
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        tree = self.source_tree if self.spec.kind == "levity" and self.source_tree else REPO
+        env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
         self.log_path = self.workdir / f"{self.spec.name}.log"
         cpus = self.cpus
         with open(self.log_path, "ab") as log:
@@ -191,6 +193,17 @@ class ProcessTree:
             except psutil.Error:
                 pass
         return total
+
+    def cpus_used(self) -> list[int]:
+        """The CPUs any thread of the tree may run on (the union of their affinities)."""
+        cpus: set[int] = set()
+        for proc in self._refresh():
+            try:
+                for thread in proc.threads():
+                    cpus |= os.sched_getaffinity(thread.id)
+            except (psutil.Error, OSError):
+                pass  # gone meanwhile
+        return sorted(cpus)
 
     def num_processes(self) -> int:
         return len([p for p in self._refresh() if p.is_running()])

@@ -22,7 +22,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import msgpack
 
 from levity.config import ConfigError, Settings, add_arguments, is_loopback_host, load_settings
 
@@ -206,7 +205,7 @@ async def check_server(settings: Settings, endpoint, shared_key: bytes | None, r
     tag = f"{settings.tag_prefix}.doctor"
     started = time.monotonic()
     try:
-        await conn.send(*encode_batch([SpooledEvent(tag, now, msgpack.packb(record))]))
+        await conn.send(*encode_batch([SpooledEvent.of(tag, now, record)]))
     except HandshakeError as exc:
         report.add("fluentd acknowledges" + suffix, FAIL, str(exc))
     except ForwardError as exc:

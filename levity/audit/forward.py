@@ -1,13 +1,14 @@
 """An asyncio client of the Fluentd Forward Protocol v1, with acknowledgements.
 
-Why hand-written: fluent-logger (which Levity still uses for EventTime) has no `chunk`/ack
-option and no spool, so it cannot tell which events Fluentd really has. This module implements
+Why hand-written: fluent-logger has no `chunk`/ack option and no spool, so it cannot tell
+which events Fluentd really has. This module implements
 only what lossless delivery needs from the spec (fluent/fluentd wiki, "Forward Protocol
 Specification v1"):
 
 - PackedForward mode: ``[tag, bin(entries), {"size": n, "chunk": id}]`` where entries is the
   concatenated msgpack of ``[EventTime, record]`` pairs; EventTime is msgpack ext type 0
-  (seconds and nanoseconds, two big-endian uint32).
+  (seconds and nanoseconds, two big-endian uint32). The spool holds each event as such an entry
+  (spool.forward_entry), so a batch is its entries with a header around each run.
 - ``chunk`` asks the server for ``{"ack": id}`` once it has the events; the id is the base64 of
   16 random bytes, unique per batch (it is on the batch's last message, see encode_batch).
 - The optional handshake for a shared key: the server sends ``["HELO", {nonce, auth,
@@ -30,7 +31,6 @@ import ssl
 from dataclasses import dataclass
 
 import msgpack
-from fluent.sender import EventTime
 
 from levity.config import Settings
 
@@ -90,16 +90,6 @@ def ssl_context_from(settings: Settings) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-
-
-def event_time(time_ns: int) -> bytes:
-    """The msgpack of an EventTime (ext type 0) for an instant in nanoseconds."""
-    return msgpack.packb(EventTime.from_unix_nano(time_ns))
-
-
-def pack_entry(time_ns: int, record_msgpack: bytes) -> bytes:
-    """One PackedForward entry, ``[EventTime, record]``, from an already encoded record."""
-    return b"\x92" + event_time(time_ns) + record_msgpack
 
 
 def new_chunk_id() -> str:
@@ -281,8 +271,10 @@ class _Stop(Exception):
 
 
 def encode_batch(events) -> tuple[bytes, str]:
-    """The wire bytes of a batch of events with .tag, .time_ns, .record (record as msgpack
-    bytes), and the chunk id whose ack confirms all of them.
+    """The wire bytes of a batch of events with .tag and .entry (the PackedForward entry
+    ``[EventTime, record]`` as msgpack, as the spool holds it), and the chunk id whose ack
+    confirms all of them. The entries go on the wire as they are: only a message header is
+    encoded per run.
 
     A PackedForward message has one tag, so each run of consecutive events with the same tag is
     one message: sent in order on one connection, they keep the exact emission order across
@@ -291,13 +283,25 @@ def encode_batch(events) -> tuple[bytes, str]:
     message were emitted, so that one ack covers the whole batch (one ack instead of one per
     run, which under a mixed load is one per two events)."""
     chunk = new_chunk_id()
-    messages: list[bytes] = []
     runs: list[tuple[str, list[bytes]]] = []
+    tag, entries = None, None
     for ev in events:
-        if not runs or runs[-1][0] != ev.tag:
-            runs.append((ev.tag, []))
-        runs[-1][1].append(pack_entry(ev.time_ns, ev.record))
+        if ev.tag != tag:
+            tag, entries = ev.tag, []
+            runs.append((tag, entries))
+        entries.append(ev.entry)
+    parts: list[bytes] = []
     for i, (tag, entries) in enumerate(runs):
         option = {"size": len(entries), "chunk": chunk} if i == len(runs) - 1 else {"size": len(entries)}
-        messages.append(msgpack.packb([tag, b"".join(entries), option], use_bin_type=True))
-    return b"".join(messages), chunk
+        body = b"".join(entries)
+        # [tag, bin(entries), option] with the entries copied once, not packed again.
+        parts += (b"\x93", msgpack.packb(tag), _bin_header(len(body)), body, msgpack.packb(option))
+    return b"".join(parts), chunk
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")

@@ -6,7 +6,12 @@ Layout of the spool directory:
     cursor                                           the acknowledged position (JSON)
 
 A segment is a sequence of frames: ``length (u32 BE) | crc32 (u32 BE) | payload`` where the
-payload is the msgpack of ``[tag, time_ns, record]``. Only the newest segment is appended to;
+payload is the msgpack of ``[tag, [EventTime, record]]``: its second element is the event's
+Fluentd Forward PackedForward entry exactly as it goes on the wire, so an event is encoded once,
+when it is emitted, and batches are sent from the spool as they lie (forward.encode_batch only
+puts a message header around each run of entries). Spools written by earlier versions hold
+``[tag, time_ns, record]`` payloads; they are read too (their entry is built when read), so an
+upgrade delivers what the old version left behind. Only the newest segment is appended to;
 it is sealed (and a new one started) once it reaches ``segment_bytes``. The cursor names the
 first unacknowledged frame: ``{"segment": n, "offset": bytes, "index": frames before it}``. It
 is replaced atomically (temp file, fsync, os.replace, fsync of the directory). Segments wholly
@@ -66,10 +71,32 @@ class Position(NamedTuple):
         return (self.segment, self.offset) >= (other.segment, other.offset)
 
 
+EVENT_TIME = struct.Struct(">BbII")  # msgpack fixext 8, type 0 (EventTime): seconds, nanoseconds
+ENTRY_HEAD = 1 + EVENT_TIME.size  # the entry's 0x92 array header and its EventTime
+FORMAT_V1 = 0x93  # first payload byte: [tag, time_ns, record] (earlier versions)
+FORMAT_V2 = 0x92  # [tag, [EventTime, record]]
+
+
 class SpooledEvent(NamedTuple):
+    """An event as the spool holds it: its tag and its PackedForward entry
+    ``[EventTime, record]`` (msgpack, forwarded without re-encoding)."""
+
     tag: str
-    time_ns: int
-    record: bytes  # the record's msgpack, exactly as stored (forwarded without re-encoding)
+    entry: bytes
+
+    @property
+    def time_ns(self) -> int:
+        _, _, seconds, nanoseconds = EVENT_TIME.unpack_from(self.entry, 1)
+        return seconds * 1_000_000_000 + nanoseconds
+
+    @property
+    def record(self) -> bytes:
+        """The record's msgpack."""
+        return self.entry[ENTRY_HEAD:]
+
+    @classmethod
+    def of(cls, tag: str, time_ns: int, record: dict) -> "SpooledEvent":
+        return cls(tag, forward_entry(time_ns, msgpack.packb(record, use_bin_type=True)))
 
 
 @dataclass
@@ -86,15 +113,33 @@ class _Segment:
     count: int
 
 
-def encode_frame(tag: str, time_ns: int, record: dict) -> bytes:
-    payload = msgpack.packb([tag, time_ns, record], use_bin_type=True)
+def forward_entry(time_ns: int, record_msgpack: bytes) -> bytes:
+    """A PackedForward entry, ``[EventTime, record]``, around an already encoded record."""
+    seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
+    return b"\x92" + EVENT_TIME.pack(0xD7, 0, seconds, nanoseconds) + record_msgpack
+
+
+_ENTRY_START = struct.Struct(">BBbII")  # the entry's array header, then its EventTime
+_tag_heads: dict[str, bytes] = {}  # tag -> the payload's array header and the tag's msgpack
+
+
+def encode_frame(tag: str, time_ns: int, record: dict, pack=msgpack.packb) -> bytes:
+    """The spool frame of one event: the only time its record is encoded. `pack`: a
+    msgpack.Packer's pack, which a caller on one thread can reuse (cheaper than packb)."""
+    head = _tag_heads.get(tag)
+    if head is None:
+        head = _tag_heads[tag] = bytes([FORMAT_V2]) + msgpack.packb(tag)
+    seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
+    payload = b"".join((head, _ENTRY_START.pack(0x92, 0xD7, 0, seconds, nanoseconds), pack(record)))
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def _split_payload(payload: bytes, tags: dict[bytes, str]) -> SpooledEvent:
-    """[tag, time_ns, record] without decoding the record: tag, time and the record's bytes."""
-    if payload[0] != 0x93:
-        raise ValueError("frame payload is not a 3-element array")
+    """The tag and the PackedForward entry of a frame's payload, without decoding the record.
+    A payload of an earlier version, [tag, time_ns, record], gets its entry built here."""
+    version = payload[0]
+    if version != FORMAT_V2 and version != FORMAT_V1:
+        raise ValueError("frame payload is not a spooled event")
     pos = 1
     head = payload[pos]
     if 0xA0 <= head <= 0xBF:
@@ -112,6 +157,10 @@ def _split_payload(payload: bytes, tags: dict[bytes, str]) -> SpooledEvent:
     if tag is None:
         tag = tags[raw_tag] = raw_tag.decode("utf-8")
     pos += length
+    if version == FORMAT_V2:
+        if payload[pos] != 0x92 or payload[pos + 1] != 0xD7 or payload[pos + 2] != 0:
+            raise ValueError("frame entry is not [EventTime, record]")
+        return SpooledEvent(tag, payload[pos:])
     head = payload[pos]
     if head < 0x80:
         time_ns, pos = head, pos + 1
@@ -120,7 +169,7 @@ def _split_payload(payload: bytes, tags: dict[bytes, str]) -> SpooledEvent:
         time_ns, pos = int.from_bytes(payload[pos + 1:pos + 1 + width], "big"), pos + 1 + width
     else:
         raise ValueError("frame time is not an unsigned integer")
-    return SpooledEvent(tag, time_ns, payload[pos:])
+    return SpooledEvent(tag, forward_entry(time_ns, payload[pos:]))
 
 
 def scan(data: bytes) -> tuple[list[int], int, bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import os
 
 import msgpack
 import pytest
@@ -149,3 +150,33 @@ def test_ratios_are_taken_within_each_round_and_their_median_reported():
     assert sorted(row["rounds"]["calls_per_second_vs_plain-ocpp"]) == [2.5, 4.0, 6.0]
     # ...whereas pooling all rounds first would say 12000 / 3500.
     assert row["calls_per_second_vs_plain-ocpp"] != round(12000 / 3500, 3)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--per-core needs two CPUs: one for the server")
+def test_per_core_mode_pins_and_reports_cpu_per_call_by_type_and_the_storm(tmp_path):
+    """--per-core: the server's every thread on the first CPU, the client elsewhere; CPU
+    microseconds per call beside calls/s, audit on against off, a row per call type, the
+    reconnect storm, and the whole-machine table after."""
+    json_path = tmp_path / "per-core.json"
+    code = bench.main(["--per-core", "--chargers", "5", "--duration", "1", "--warmup", "0.3",
+                       "--by-type", "heartbeat", "--storm", "30", "--receiver", "counting",
+                       "--targets", "levity,levity-audit-off,echo", "--json", str(json_path), "--quiet"])
+    assert code == 0
+    run = json.loads(json_path.read_text())
+    by_phase: dict[str, dict[str, dict]] = {}
+    for r in run["results"]:
+        assert "failed" not in r, r
+        by_phase.setdefault(r["phase"], {})[r["target"]] = r
+    assert set(by_phase) == {"per-core", "per-core-heartbeat", "storm", "whole-machine"}
+    first = min(run["config"]["phases"][0]["server_cpus"])
+    for phase in ("per-core", "per-core-heartbeat"):
+        for target, r in by_phase[phase].items():
+            assert r["server_cpus_allowed"] == [first], (phase, target)
+            assert r["server_cpu_us_per_call"] > 0 and r["calls"] > 0
+    assert set(by_phase["per-core-heartbeat"]["levity"]["per_action"]) == {"Heartbeat"}
+    assert len(by_phase["whole-machine"]["levity"]["server_cpus_allowed"]) == len(os.sched_getaffinity(0))
+    for target in ("levity", "plain-ocpp"):
+        storm = by_phase["storm"][target]
+        assert storm["connected"] == 30 and storm["connect_timeouts"] == 0
+    on_off = next(r for r in run["ratios"] if r["phase"] == "per-core" and r["target"] == "levity")
+    assert on_off["cpu_us_per_call_vs_audit-off"] > 0 and on_off["calls_per_second_vs_audit-off"] > 0
