@@ -7,6 +7,8 @@ in the operator API and in the audit stream."""
 
 from __future__ import annotations
 
+import json
+
 from levity.audit.events import conformance_errors
 from tests.integration.test_ocpp201 import audit_records, wait_for_audit
 from tests.integration.test_operator_api import client, create_token
@@ -146,3 +148,24 @@ async def test_a_start_without_a_meter_reading_is_listed_with_no_meter_start_and
     assert conformance_errors(stop) == []
     # The energy counter counts the session whose figures exist, only.
     assert server.metrics()["levity_energy_delivered_wh_total"] == 500
+
+
+async def test_a_16_stop_naming_a_201_transaction_is_for_an_unknown_transaction_not_a_crash(levity):
+    """A station that went back to 1.6 firmware never learnt Levity's ids of its 2.0.1
+    transactions: a StopTransaction naming one is answered as for any unknown id, and the 2.0.1
+    transaction (whose start had no reading to subtract) is left as it was."""
+    server = levity()
+    async with raw_charging_station(server.url, "CS-DOWN") as cs:
+        await send(cs, "b", "BootNotification", BOOT_201)
+        await send(cs, "s", "TransactionEvent", transaction_event("Started", "no-reading", 0, None))
+    [start] = of_station(server, "transaction_start", "no-reading")
+    async with raw_charge_point(server.url, "CS-DOWN") as cp:
+        await send(cp, "b", "BootNotification", BOOT_16)
+        await send(cp, "e", "StopTransaction", {"transactionId": start["transaction_id"], "meterStop": 500,
+                                                "timestamp": "2024-01-15T12:00:00Z"})
+    [stop] = await wait_for_audit(server, lambda r: r["event_type"] == "transaction_stop")
+    assert (stop["transaction_id"], stop["unknown_transaction"], stop["ocpp_version"]) == (
+        start["transaction_id"], True, "1.6")
+    listed = server.levity_command("transactions", "list", "--open", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert start["transaction_id"] in [json.loads(line)["transaction_id"] for line in listed.stdout.splitlines()]
