@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold N idle chargers (after BootNotification) sending only heartbeats every "
                         "--heartbeat-interval seconds, spread out; reports heartbeat p99 and RSS per connection")
     p.add_argument("--heartbeat-interval", type=float, default=30.0, help="--connections-only heartbeat period")
+    p.add_argument("--mixed-versions", action="store_true",
+                   help="with --connections-only: half the chargers speak OCPP 2.0.1 (subprotocol ocpp2.0.1, "
+                        "a 2.0.1 BootNotification), half 1.6, alternating; Levity targets only")
     p.add_argument("--clients", type=int, default=None,
                    help="load client processes (default: number of CPUs, at most one per 10 chargers)")
     p.add_argument("--connect-concurrency", type=int, default=64,
@@ -305,7 +308,8 @@ def run_point(args, target_name: str, chargers: int, workdir: Path, phase: Phase
                    "rate": args.rate if args.mode == "open" else 0, "seed": args.seed * 1000 + index,
                    "call_timeout": args.call_timeout, "connect_timeout": args.connect_timeout,
                    "connect_concurrency": concurrency,
-                   "cpus": list(phase.client_cpus) if phase.client_cpus else None}
+                   "cpus": list(phase.client_cpus) if phase.client_cpus else None,
+                   "mixed_versions": args.mixed_versions}
             parent_conn, child_conn = context.Pipe()
             process = context.Process(target=worker_main, args=(cfg, child_conn), daemon=True,
                                       name=f"bench-client-{index}")
@@ -408,6 +412,10 @@ def run_point(args, target_name: str, chargers: int, workdir: Path, phase: Phase
         )
         if spec.kind == "levity":
             result["server_connected_metric"] = metrics_window.get('levity_connected_charge_points{ocpp_version="1.6"}')
+            if args.mixed_versions:  # what the server says it holds of each version
+                result["server_connected_by_version"] = {
+                    version: metrics_window.get(f'levity_connected_charge_points{{ocpp_version="{version}"}}')
+                    for version in ("1.6", "2.0.1")}
             result["calls_throttled"] = metrics_window.get("levity_calls_throttled_total")
 
         # Close the chargers, then the server (it flushes its audit events on SIGTERM).
@@ -565,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         args.mix = {"heartbeat": 1.0}
         args.duration = 60.0 if args.duration is None else args.duration
         args.warmup = 0.0 if args.warmup is None else args.warmup
+    if args.mixed_versions and args.connections_only is None:
+        raise SystemExit("--mixed-versions needs --connections-only: the load mix's other calls are OCPP 1.6 frames")
+    if args.mixed_versions and any(TARGETS[t].kind != "levity" for t in args.targets):
+        raise SystemExit("--mixed-versions: Levity targets only (the plain and echo servers speak 1.6 only), "
+                         "e.g. --targets levity")
     args.duration = 10.0 if args.duration is None else args.duration
     args.warmup = 3.0 if args.warmup is None else args.warmup
     if not 0 < args.duration <= MAX_DURATION or not 0 <= args.warmup <= MAX_DURATION:
@@ -613,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
            "config": {"targets": [t for p in phases for t in p.targets], "chargers": args.chargers, "mode": args.mode,
                       "rate_per_charger": args.rate if args.mode == "open" else None, "mix": args.mix,
                       "tx_meter_values": args.tx_meter_values, "duration": args.duration, "warmup": args.warmup,
-                      "connections_only": args.connections_only,
+                      "connections_only": args.connections_only, "mixed_versions": args.mixed_versions,
                       "heartbeat_interval": args.heartbeat_interval if args.connections_only else None,
                       "clients": args.clients or multiprocessing.cpu_count(), "seed": args.seed,
                       "rounds": args.rounds,

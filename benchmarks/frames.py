@@ -108,6 +108,10 @@ class TransactionFrame:
 
 
 STATIC = {key: StaticFrame(key, payload) for key, payload in STATIC_PAYLOADS.items()}
+# OCPP 2.0.1 chargers of a mixed fleet (bench --mixed-versions): their BootNotification; a
+# Heartbeat is `{}` in both versions, so the heartbeat-only load is the same frames.
+BOOT_201 = StaticFrame("BootNotification", {"reason": "PowerUp", "chargingStation": {
+    "vendorName": "LevityBench", "model": "SimCharger", "serialNumber": "BENCH-SN", "firmwareVersion": "2.0.1"}})
 # build(uid, meter_start, timestamp)
 START_TRANSACTION = TransactionFrame(
     "StartTransaction", "StartTransaction",
@@ -135,8 +139,8 @@ def pong_frame(payload: bytes) -> bytes:
     return masked_frame(payload, opcode=0xA)
 
 
-def handshake_request(host: str, port: int, path: str) -> bytes:
+def handshake_request(host: str, port: int, path: str, subprotocol: str = "ocpp1.6") -> bytes:
     # A fixed key: the bench does not check Sec-WebSocket-Accept beyond the 101 status.
     return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"Sec-WebSocket-Protocol: ocpp1.6\r\nUser-Agent: levity-bench\r\n\r\n").encode()
+            f"Sec-WebSocket-Protocol: {subprotocol}\r\nUser-Agent: levity-bench\r\n\r\n").encode()

@@ -84,6 +84,8 @@ class Charger(asyncio.Protocol):
         self.next_due = 0.0
         self.timer = None
         self.fragments: bytearray | None = None
+        # A mixed fleet (bench --mixed-versions): every other charge point speaks OCPP 2.0.1.
+        self.ocpp201 = bool(worker.cfg.get("mixed_versions")) and number % 2 == 0
 
     # Transport ------------------------------------------------------------------------------
 
@@ -92,7 +94,8 @@ class Charger(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.write(frames.handshake_request(self.w.host, self.w.port, "/" + self.cp_id))
+        transport.write(frames.handshake_request(self.w.host, self.w.port, "/" + self.cp_id,
+                                                 "ocpp2.0.1" if self.ocpp201 else "ocpp1.6"))
 
     def connection_lost(self, exc):
         self.closed = True
@@ -195,6 +198,8 @@ class Charger(asyncio.Protocol):
             self.meter += frames.SESSION_WH
             frame = frames.STOP_TRANSACTION.build(uid, self._transaction(), self.meter, frames.now_timestamp())
             self.transaction_id = None
+        elif key == BOOT and self.ocpp201:
+            frame = frames.BOOT_201.build(uid)
         else:
             frame = self.w.static[key].build(uid)
         self.transport.write(frame)

@@ -17,6 +17,7 @@ CALLRESULT and CALLERROR frames are never answered (OCPP-J).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -92,6 +93,7 @@ def _finite_float(text: str) -> float:
 _DATE_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.\d{1,9})?(?:[Zz]|[+-](\d\d):(\d\d))")
 
 
+@functools.lru_cache(maxsize=1024)  # a 2.0.1 TransactionEvent repeats its timestamp in its meter values
 def is_rfc3339_date_time(value: str) -> bool:
     match = _DATE_TIME.fullmatch(value) if len(value) <= 40 else None
     if match is None:

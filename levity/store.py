@@ -129,7 +129,8 @@ CREATE INDEX IF NOT EXISTS transactions_station ON transactions (charge_point_id
 TRANSACTION_SELECT = (
     "SELECT id, charge_point_id, connector_id, id_tag, meter_start, meter_stop, stopped_at IS NOT NULL, "
     "start_timestamp, stop_timestamp, created_at, stopped_at, start_event_id, stop_event_id, stop_request, "
-    "abandoned_at, abandon_reason, abandon_event_id FROM transactions")
+    "abandoned_at, abandon_reason, abandon_event_id, COALESCE(ocpp_version, '1.6'), meter_start_known, "
+    "station_transaction_id, evse_id FROM transactions")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class Transaction:
     charge_point_id: str
     connector_id: int
     id_tag: str
-    meter_start: int
+    meter_start: int | None
     meter_stop: int | None
     stopped: bool
     start_timestamp: str | None = None
@@ -151,12 +152,19 @@ class Transaction:
     abandoned_at: str | None = None
     abandon_reason: str | None = None
     abandon_event_id: str | None = None
+    ocpp_version: str = "1.6"  # the version the transaction was started in (its anomalies say it)
+    meter_start_known: bool = True  # False: a 2.0.1 start without a reading (meter_start is None)
+    station_transaction_id: str | None = None  # 2.0.1: the station's own id
+    evse_id: int | None = None  # 2.0.1
 
     @classmethod
     def from_row(cls, row) -> "Transaction":
         values = list(row)
         values[6] = bool(values[6])
         values[13] = json.loads(values[13]) if values[13] else None
+        values[18] = bool(values[18])
+        if not values[18]:  # the column holds 0: no reading was sent, there is no figure
+            values[4] = None
         return cls(*values)
 
     @property
@@ -165,7 +173,10 @@ class Transaction:
 
     @property
     def energy_delivered(self) -> int | None:
-        return None if self.meter_stop is None else self.meter_stop - self.meter_start
+        """None while open, and when either reading is unknown (a 2.0.1 start or stop without one)."""
+        if self.meter_stop is None or self.meter_start is None:
+            return None
+        return self.meter_stop - self.meter_start
 
 
 class StorageError(Exception):
@@ -698,6 +709,12 @@ class Store:
             f"{TRANSACTION_SELECT} WHERE charge_point_id = ? AND connector_id = ? AND stopped_at IS NULL "
             "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, connector_id))]
 
+    def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
+        """The open 2.0.1 transactions of one EVSE (a station runs one transaction per EVSE)."""
+        return [Transaction.from_row(row) for row in self._db.execute(
+            f"{TRANSACTION_SELECT} WHERE charge_point_id = ? AND evse_id = ? AND stopped_at IS NULL "
+            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, evse_id))]
+
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
                          request: dict | None = None) -> None:
@@ -763,9 +780,11 @@ class Store:
                      limit: int | None = None, transaction_id: int | None = None,
                      newest_first: bool = False) -> list[dict[str, Any]]:
         """Transactions as operators see them: transaction_id, charge_point_id, connector_id, id_tag,
-        meter_start, meter_stop, energy_delivered (null until stopped), started_at and stopped_at
+        meter_start (null: a 2.0.1 start without a reading), meter_stop, energy_delivered (null until
+        stopped, or when a reading is unknown), started_at and stopped_at
         (the charger's timestamps), stop_reason, state (open / stopped / abandoned), closed_reason,
-        age_seconds (since Levity saw the start), recorded_at and stop_recorded_at (Levity's clock).
+        age_seconds (since Levity saw the start), recorded_at and stop_recorded_at (Levity's clock),
+        ocpp_version, and for 2.0.1 station_transaction_id and evse_id.
         open_only: True keeps the open ones, False the stopped or abandoned ones, None all.
         The committed state (writes commit within a turn of the event loop)."""
         where, params = [], []
@@ -910,6 +929,9 @@ def _operator_view(transaction: Transaction, now: float) -> dict[str, Any]:
         "age_seconds": _age_seconds(transaction.created_at, now),
         "recorded_at": transaction.created_at,
         "stop_recorded_at": transaction.stopped_at,
+        "ocpp_version": transaction.ocpp_version,
+        "station_transaction_id": transaction.station_transaction_id,
+        "evse_id": transaction.evse_id,
     }
 
 

@@ -522,6 +522,11 @@ class PostgresStore:
             return prefetched[1]
         return [Transaction.from_row(row) for row in self._read(OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
 
+    def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
+        return [Transaction.from_row(row) for row in self._read(
+            f"{SELECT} WHERE charge_point_id = %s AND evse_id = %s AND stopped_at IS NULL "
+            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, evse_id))]
+
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
                          request: dict | None = None) -> None:

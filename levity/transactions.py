@@ -126,18 +126,29 @@ def register_above_stop(events: EventFactory, charge_point_id: str, transaction:
 
 
 def abandoned_detail(old: Transaction, new_id: int, connector_id: int, new_start: dict[str, Any],
-                     id_tags: IdTagPolicy) -> str:
+                     id_tags: IdTagPolicy, place: str | None = None) -> str:
+    """place: where the new start happened, when not "connector N" (a 2.0.1 EVSE)."""
     old_start = {"id_tag": old.id_tag, "meter_start": old.meter_start, "timestamp": old.start_timestamp}
     changed = differences(old_start, new_start, START_FIELDS, "this one", id_tags)
-    return (f"connector {connector_id} started transaction {new_id} while this one was open; its start differs in "
+    place = place or f"connector {connector_id}"
+    return (f"{place} started transaction {new_id} while this one was open; its start differs in "
             + "; ".join(changed)) if changed else \
-        f"connector {connector_id} started transaction {new_id} while this one was open"
+        f"{place} started transaction {new_id} while this one was open"
+
+
+def version_fields(transaction: Transaction) -> dict[str, Any]:
+    """What an anomaly about this transaction says of its version: ocpp_version, and for 2.0.1
+    the station's own transaction id and EVSE (as the 2.0.1 handlers' anomalies carry them)."""
+    if transaction.station_transaction_id is None:
+        return {"ocpp_version": transaction.ocpp_version}
+    return {"ocpp_version": transaction.ocpp_version, "station_transaction_id": transaction.station_transaction_id,
+            "evse_id": transaction.evse_id}
 
 
 def abandoned_event(events: EventFactory, transaction: Transaction, detail: str, **fields: Any):
     return events.anomaly(transaction.charge_point_id, "abandoned_transaction", transaction.id, detail,
                           transaction.start_event_id, event_id=transaction.abandon_event_id,
-                          connector_id=transaction.connector_id, **fields)
+                          connector_id=transaction.connector_id, **version_fields(transaction), **fields)
 
 
 def operator_detail(reason: str) -> str:

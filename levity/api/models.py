@@ -39,9 +39,11 @@ class Transaction(BaseModel):
     charge_point_id: str
     connector_id: int
     id_tag: str
-    meter_start: int = Field(description="Wh")
-    meter_stop: int | None = Field(description="Wh; null while open")
-    energy_delivered: int | None = Field(description="Wh, meter_stop - meter_start; null while open")
+    meter_start: int | None = Field(description="Wh; null when the start carried no meter reading (OCPP 2.0.1 "
+                                                "makes it optional), which is not a reading of 0")
+    meter_stop: int | None = Field(description="Wh; null while open, or when the stop carried no reading")
+    energy_delivered: int | None = Field(description="Wh, meter_stop - meter_start; null while open, or when "
+                                                     "either reading is unknown")
     started_at: str = Field(description="the start timestamp the charger sent")
     stopped_at: str | None = Field(description="the stop timestamp the charger sent; null while open")
     stop_reason: str | None = Field(None, description="the reason the charger gave in its stop")
@@ -50,6 +52,9 @@ class Transaction(BaseModel):
     age_seconds: int | None = Field(None, description="seconds since Levity recorded the start")
     recorded_at: str | None = Field(None, description="when Levity recorded the start")
     stop_recorded_at: str | None = Field(None, description="when Levity recorded the stop")
+    ocpp_version: str = Field("1.6", description="the OCPP version the transaction was started in: 1.6 or 2.0.1")
+    station_transaction_id: str | None = Field(None, description="OCPP 2.0.1: the station's own transactionId")
+    evse_id: int | None = Field(None, description="OCPP 2.0.1: the EVSE of the transaction")
 
 
 class Problem(BaseModel):

@@ -26,7 +26,7 @@ from levity.framing import parse_frame, response_payload, to_snake
 # Authorizer and CentralSystemContext are re-exported: callers of the 1.6 handlers import them here.
 from levity.handling import RETRY_INTERVAL, Authorizer, CentralSystemContext, TokenBucket, _now  # noqa: F401
 from levity.handling import not_stored, store_then_audit
-from levity.ocpp16.validation import check_action
+from levity.ocpp16.validation import VERSION, check_action
 from levity.store import StorageError
 from levity.transactions import (abandoned_detail, abandoned_event, highest_register, meter_anomalies,
                                  register_above_stop, registers_in, repeated_stop_detail, stop_request)
@@ -211,7 +211,8 @@ class ChargePoint(OcppChargePoint):
         id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
         async with self.ctx.transaction_lock(self.id):
             known = store.transaction(transaction_id)
-            if known is not None and known.charge_point_id != self.id:
+            # Another charge point's, or a 2.0.1 one (its station never learnt Levity's id): unknown.
+            if known is not None and (known.charge_point_id != self.id or known.ocpp_version != VERSION):
                 known = None
             if known is not None and known.stopped:
                 # A resend (offline queue, reconnect, or two stops within a millisecond): billed once.

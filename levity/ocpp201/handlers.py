@@ -25,8 +25,8 @@ from levity.audit.sink import NotDurable
 from levity.framing import Call, CallError, Reply, call_result as encode_result, parse_frame
 from levity.handling import RETRY_INTERVAL, CentralSystemContext, TokenBucket, _now, not_stored, store_then_audit
 from levity.ocpp201.validation import VERSION, as_201, check_action
-from levity.store import StationTransaction, StorageError
-from levity.transactions import highest_register
+from levity.store import StationTransaction, StorageError, Transaction
+from levity.transactions import abandoned_detail, abandoned_event, highest_register, version_fields
 
 log = logging.getLogger(__name__)
 
@@ -291,23 +291,47 @@ async def _started(cs: ChargingStation, payload: dict, known: StationTransaction
     token = payload.get("idToken") or {}
     meter_start = cs._register_wh(payload.get("meterValue"), last=False)
     event_id = new_event_id()
+    now = _now()
     transaction_id = store.start_station_transaction(
         cs.id, station_id, evse.get("connectorId"), evse.get("id"), token.get("idToken"), meter_start, timestamp,
-        _now(), event_id=event_id)
+        now, event_id=event_id)
+    new_start = {"id_tag": token.get("idToken"), "meter_start": meter_start, "timestamp": timestamp}
+    closed, abandoned = close_superseded(cs, evse.get("id"), transaction_id, new_start, now)
 
-    def undo() -> None:  # never answered: the resend is the first Started, not a repeat
+    def undo() -> None:  # never answered: the resend is the first Started, not a repeat; nothing closed for it
         store.forget_transaction(transaction_id)
+        for old in closed:
+            store.reopen_abandoned(old.id, old.abandon_event_id)
 
     # Billing depends on this start: the row, then its event, durable before the answer (as 1.6).
     await store_then_audit(cs.ctx, transaction_id, cs.event(
         "transaction_start", event_id=event_id, connector_id=evse.get("connectorId"), id_tag=token.get("idToken"),
         meter_start=meter_start, transaction_id=transaction_id, transaction_timestamp=timestamp,
         evse_id=evse.get("id"), station_transaction_id=station_id, trigger_reason=payload["triggerReason"]),
-        undo=undo)
+        abandoned, undo)
     # Once stored: a Started answered with a CALLERROR leaves no samples under an id never issued.
     if payload.get("meterValue"):
         store.add_meter_values(cs.id, evse.get("id") or 0, transaction_id, as_16_meter_values(payload["meterValue"]))
     cs.remember(station_id, transaction_id, meter_start)
+
+
+def close_superseded(cs: ChargingStation, evse_id: int | None, transaction_id: int, new_start: dict[str, Any],
+                     now: str) -> tuple[list[Transaction], list]:
+    """The 1.6 abandoned-transaction rule (levity/transactions.py) on an EVSE: a new transaction
+    there closes the open one without a stop. Queued with the new start (key transaction_id), so
+    a start that is not stored closes nothing. Returns the closed transactions and their
+    anomalies. Without an EVSE id there is no place to compare: nothing is closed."""
+    if evse_id is None:
+        return [], []
+    store, events = cs.ctx.store, cs.ctx.events
+    closed = [store.close_abandoned(old.id, f"superseded by transaction {transaction_id}", now, new_event_id(),
+                                    key=transaction_id)
+              for old in store.open_on_evse(cs.id, evse_id) if old.id != transaction_id]
+    abandoned = [abandoned_event(events, old, abandoned_detail(old, transaction_id, old.connector_id, new_start,
+                                                               events.id_tags, place=f"EVSE {evse_id}"),
+                                 superseded_by=transaction_id)
+                 for old in closed]
+    return closed, abandoned
 
 
 async def _updated(cs: ChargingStation, payload: dict) -> None:
@@ -360,10 +384,16 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
             cs.id, station_id, evse.get("connectorId"), evse.get("id"), token.get("idToken"), None, timestamp, now)
         meter_start = None
         log.warning("%s: TransactionEvent Ended for unknown transaction %r accepted", cs.id, station_id)
+        # A transaction Levity never saw started on that EVSE too: the open one there was abandoned.
+        new_start = {"id_tag": token.get("idToken"), "meter_start": None, "timestamp": timestamp}
+        closed, abandoned = close_superseded(cs, evse.get("id"), transaction_id, new_start, now)
+        anomalies += abandoned
 
         def undo() -> None:  # never answered: no row, so the resend is not taken for a repeat
             store.forget_stop(transaction_id, event_id)
             store.forget_transaction(transaction_id)
+            for old in closed:
+                store.reopen_abandoned(old.id, old.abandon_event_id)
     else:
         first = known.transaction
         transaction_id, meter_start = first.id, known.meter_start
@@ -373,8 +403,8 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
             anomalies.append(events.anomaly(
                 cs.id, "stop_after_abandoned", transaction_id,
                 f"stopped after it was closed as abandoned ({first.abandon_reason}): its transaction_stop "
-                f"carries the station's figures", first.abandon_event_id, ocpp_version=VERSION,
-                station_transaction_id=station_id))
+                f"carries the station's figures", first.abandon_event_id, connector_id=first.connector_id,
+                **version_fields(first)))
 
         def undo() -> None:  # its transaction_stop is not on disk: the resend is the first stop
             store.forget_stop(transaction_id, event_id)

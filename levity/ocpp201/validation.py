@@ -69,6 +69,37 @@ def _bound_integers(schema: Any) -> None:
 INT64_MAX = 2**63 - 1
 
 
+def _inline_definitions(schema: dict) -> None:
+    """Replace each `{"$ref": "#/definitions/X"}` by a copy of X, so fastjsonschema compiles one
+    function with the checks inline (as for the 1.6 schemas, which have no $ref) instead of a
+    function call per referenced object, each building the name of its JSON path from locals()
+    for every array item: that cost a TransactionEvent with meter values about 2.5 times the
+    validation of a 1.6 MeterValues. The checks are the same; the OCA 2.0.1 schemas use only
+    local references, alone in their object. A reference cycle would be left as it is."""
+    definitions = schema.get("definitions") or {}
+
+    def inline(node: Any, resolving: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [inline(item, resolving) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref")
+        if isinstance(reference, str) and len(node) == 1 and reference.startswith("#/definitions/"):
+            name = reference.removeprefix("#/definitions/")
+            if name in definitions and name not in resolving:
+                return inline(definitions[name], resolving + (name,))
+        return {key: value if key == "definitions" else inline(value, resolving) for key, value in node.items()}
+
+    for key, value in list(schema.items()):
+        if key != "definitions":
+            schema[key] = inline(value, ())
+
+
+def _adjust(schema: dict) -> None:
+    _inline_definitions(schema)
+    _bound_integers(schema)
+
+
 class PayloadValidator(SchemaValidator):
     """Validates CALL payloads of charging station messages against the OCA 2.0.1 schemas."""
 
@@ -80,7 +111,7 @@ class PayloadValidator(SchemaValidator):
         self._lenient_timestamps = lenient_timestamps
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
-        return compile_schema(f"{action}Request", _bound_integers,
+        return compile_schema(f"{action}Request", _adjust,
                               any_date_time if self._lenient_timestamps else is_rfc3339_date_time)
 
 

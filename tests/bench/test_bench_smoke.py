@@ -85,8 +85,29 @@ def test_connections_only_mode(tmp_path):
     assert r["per_action"]["Heartbeat"]["p99"] is not None
 
 
+def test_connections_only_mixed_fleet_holds_both_versions(tmp_path):
+    json_path = tmp_path / "mixed.json"
+    code = bench.main(["--connections-only", "20", "--mixed-versions", "--heartbeat-interval", "0.5",
+                       "--duration", "2", "--targets", "levity-audit-off", "--json", str(json_path), "--quiet"])
+    assert code == 0
+    run = json.loads(json_path.read_text())
+    (r,) = run["results"]
+    assert run["config"]["mixed_versions"] is True
+    assert r["connections_held"] == 20 and r["errors"] == 0, r["error_samples"]
+    # The server holds ten of each: the 2.0.1 half negotiated ocpp2.0.1 and booted as 2.0.1.
+    assert r["server_connected_by_version"] == {"1.6": 10, "2.0.1": 10}
+    assert r["per_action"]["Heartbeat"]["calls"] > 0
+
+
+def test_mixed_versions_is_refused_where_it_cannot_mean_anything():
+    with pytest.raises(SystemExit, match="needs --connections-only"):
+        bench.main(["--mixed-versions", "--targets", "levity"])
+    with pytest.raises(SystemExit, match="Levity targets only"):
+        bench.main(["--connections-only", "5", "--mixed-versions", "--targets", "plain-ocpp"])
+
+
 def test_prebuilt_frames_are_valid_ocpp_json():
-    for frame in frames.STATIC.values():
+    for frame in (*frames.STATIC.values(), frames.BOOT_201):
         whole = frame.build(b"0000000001")
         assert whole[0] == 0x81 and whole[1] & 0x80  # final text frame, masked as a client must
         body = whole[whole.index(b"[2,"):]

@@ -22,7 +22,8 @@ CALLRESULT, CALLERROR = 3, 4
 BOOT = {"chargingStation": {"vendorName": "V", "model": "M"}, "reason": "PowerUp"}
 
 
-def transaction_event(event_type: str, station_transaction_id: str, seq_no: int, register_wh: int) -> dict:
+def transaction_event(event_type: str, station_transaction_id: str, seq_no: int, register_wh: int,
+                      evse_id: int = 1) -> dict:
     """A TransactionEvent payload (camelCase, as on the wire) with one energy register reading."""
     payload = {"eventType": event_type, "timestamp": f"2024-01-15T1{seq_no}:00:00Z", "seqNo": seq_no,
                "triggerReason": "Authorized" if event_type == "Started" else "EVDeparted",
@@ -30,7 +31,7 @@ def transaction_event(event_type: str, station_transaction_id: str, seq_no: int,
                "meterValue": [{"timestamp": f"2024-01-15T1{seq_no}:00:00Z", "sampledValue": [
                    {"value": register_wh, "measurand": "Energy.Active.Import.Register"}]}]}
     if event_type == "Started":
-        payload["evse"] = {"id": 1, "connectorId": 1}
+        payload["evse"] = {"id": evse_id, "connectorId": 1}
         payload["idToken"] = {"idToken": "USER-201", "type": "ISO14443"}
     return payload
 
@@ -107,9 +108,9 @@ async def test_a_repeated_ended_is_billed_once_on_one_connection_and_across_a_re
     database = server.env["LEVITY_DATABASE"]
     async with raw_charging_station(server.url, "CS-TWICE") as cs:
         assert (await cs.call("b", "BootNotification", BOOT))[0] == CALLRESULT
-        for name in ("same-connection", "reconnect"):
+        for evse_id, name in enumerate(("same-connection", "reconnect"), start=1):  # one per EVSE: none abandoned
             assert (await cs.call(f"start-{name}", "TransactionEvent",
-                                  transaction_event("Started", name, 0, 100)))[0] == CALLRESULT
+                                  transaction_event("Started", name, 0, 100, evse_id)))[0] == CALLRESULT
         # Back to back: the second frame is on the wire before the first is answered.
         ended = transaction_event("Ended", "same-connection", 1, 900)
         release = hold_write_lock(database)

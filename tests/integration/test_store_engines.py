@@ -40,6 +40,7 @@ def exercise(store) -> dict:
     store.stop_transaction(station, 9000, "2024-01-15T12:00:00Z", "EVDisconnected", None, NOW, event_id="e7")
     # An Ended never started here: no connector, token or meter reading.
     unknown = store.start_station_transaction("CP1", "st-2", None, None, None, None, NOW, NOW)
+    store.start_station_transaction("CP1", "st-3", 1, 4, "TAG", None, NOW, NOW)  # open on EVSE 4, no reading
     store.commit()
     point = store.charge_point("CP1")
     return {
@@ -55,6 +56,9 @@ def exercise(store) -> dict:
         "abandoned": (closed.abandon_reason, closed.open), "pending_before": pending == [second],
         "pending_after": store.pending_closes(), "open": store.open_transactions("CP1"),
         "open_on_connector": store.open_on_connector("CP1", 2),
+        "open_on_evse": store.open_on_evse("CP1", 4),
+        "open_on_evse_seen": [(t.station_transaction_id, t.meter_start, t.ocpp_version, t.evse_id)
+                              for t in store.open_on_evse("CP1", 4)],
         "rows": [{k: v for k, v in row.items() if k != "last_status"} for row in store.charge_point_rows()],
         "connectors": store.connectors("CP1"),
         "counts": [store.count(t) for t in ("charge_points", "connectors", "transactions", "meter_values")],
@@ -73,6 +77,7 @@ def test_postgres_and_sqlite_answer_the_same(tmp_path, postgres_server):
     try:
         results = exercise(pg)
         assert results == exercise(sqlite)
+        assert results["open_on_evse_seen"] == [("st-3", None, "2.0.1", 4)]
         # The 2.0.1 calls did what they say (on both engines, as they agree).
         assert results["charge_point"]["ocpp_version"] == "2.0.1" and results["rows"][0]["ocpp_version"] == "2.0.1"
         assert results["station_unseen"] is None and results["station_other_point"] is None
