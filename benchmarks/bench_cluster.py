@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_cluster                  # both measurements, defaults below
     python -m benchmarks.bench_cluster --chargers 1000 --duration 10
+    python -m benchmarks.bench_cluster --failover-only --failover-chargers 10000 --failover-instances 3
 
 1. Calls/s of one Levity process (one worker) on SQLite and on PostgreSQL, the same load client
    and mix (benchmarks/bench.py with LEVITY_DATABASE switched), interleaved (SQLite, PostgreSQL,
@@ -9,9 +10,12 @@
    alike. Per run also the CPU time per call: of the Levity process (its CPU time in the
    measured window / calls) and of the PostgreSQL server (its processes' CPU time over the
    whole run, warm-up included / calls), which on a small machine is what limits the ratio.
-2. Failover: N chargers booted on instance A of two sharing a PostgreSQL; A is killed (SIGKILL);
-   every charger reconnects to B and sends BootNotification. Prints the seconds from the kill
-   to all booted on B (what a host failure costs when the balancer sends them on at once).
+2. Failover: N chargers booted on instance A of several sharing a PostgreSQL; A is killed
+   (SIGKILL); every charger reconnects to one of the others (chosen by a hash of its id, as the
+   balancer's consistent hashing spreads them) and sends BootNotification. Prints the seconds
+   from the kill to all booted (what a host failure costs when the balancer sends them on at
+   once). The open files limit is raised to its hard limit first: the load client holds one
+   socket per charger, and each instance inherits the limit.
 
 A PostgreSQL server is started in a temporary directory from Debian's binaries (as the tests
 do: tests/support/postgres.py), with fsync off like the tests; numbers are indicative.
@@ -24,9 +28,11 @@ import asyncio
 import contextlib
 import json
 import statistics
+import resource
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -97,15 +103,18 @@ def compare(server: PostgresServer, chargers: int, duration: float, rounds: int,
           f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us")
 
 
-async def boot_all(url: str, names: list[str], concurrency: int = 200) -> list:
-    """Connect and boot every charger (retrying until its instance answers); the open sockets."""
+async def boot_all(url, names: list[str], concurrency: int = 200) -> list:
+    """Connect and boot every charger (retrying until its instance answers); the open sockets.
+    `url`: the instance's, or a function of the charge point id giving it."""
     limit = asyncio.Semaphore(concurrency)
+    url_of = url if callable(url) else (lambda _: url)
 
     async def one(name: str):
         while True:
             async with limit:
                 try:
-                    ws = await websockets.connect(f"{url}/{name}", subprotocols=["ocpp1.6"], open_timeout=10)
+                    ws = await websockets.connect(f"{url_of(name)}/{name}", subprotocols=["ocpp1.6"],
+                                                  open_timeout=10)
                     await ws.send(BOOT)
                     if json.loads(await asyncio.wait_for(ws.recv(), 10))[0] == 3:
                         return ws
@@ -117,26 +126,37 @@ async def boot_all(url: str, names: list[str], concurrency: int = 200) -> list:
     return await asyncio.gather(*(one(name) for name in names))
 
 
-async def failover_seconds(database: str, chargers: int, workdir: Path) -> float:
-    env = {"LEVITY_DATABASE": database, "LEVITY_AUDIT_SINK": "none", "LEVITY_MAX_CONNECTIONS": "20000"}
-    for name in ("a", "b"):
-        (workdir / name).mkdir()
-    first = LevityProcess(workdir / "a", env).start()
-    second = LevityProcess(workdir / "b", env).start()
+def raise_open_files_limit() -> int:
+    """Soft limit up to the hard one (raising the hard one needs privileges); the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        soft = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
+
+
+async def failover_seconds(database: str, chargers: int, workdir: Path, instances: int = 2) -> float:
+    env = {"LEVITY_DATABASE": database, "LEVITY_AUDIT_SINK": "none",
+           "LEVITY_MAX_CONNECTIONS": str(max(20000, chargers + 1000))}
+    servers = []
     try:
+        for index in range(instances):
+            (workdir / f"instance{index}").mkdir()
+            servers.append(LevityProcess(workdir / f"instance{index}", env).start())
+        first, survivors = servers[0], servers[1:]
         names = [f"CP{i:06d}" for i in range(chargers)]
         sockets = await boot_all(first.url, names)
         killed = time.perf_counter()
         first.kill()
         for ws in sockets:
             ws.transport.abort()
-        moved = await boot_all(second.url, names)
+        moved = await boot_all(lambda name: survivors[zlib.crc32(name.encode()) % len(survivors)].url, names)
         seconds = time.perf_counter() - killed
         await asyncio.gather(*(ws.close() for ws in moved))
         return seconds
     finally:
-        first.kill()
-        second.kill()
+        for server in servers:
+            server.kill()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="SQLite/PostgreSQL pairs of the calls/s comparison")
     parser.add_argument("--failover-chargers", type=int, default=1000,
                         help="chargers moved after the kill (0: skip the failover measurement)")
+    parser.add_argument("--failover-instances", type=int, default=2,
+                        help="instances on the database; the killed one's chargers spread over the others")
+    parser.add_argument("--failover-only", action="store_true", help="skip the calls/s comparison")
     args = parser.parse_args(argv)
+    if args.failover_instances < 2:
+        parser.error("--failover-instances needs at least 2 (one is killed)")
+    open_files = raise_open_files_limit()
+    if open_files < args.failover_chargers + 1000:
+        print(f"bench_cluster: the open files limit ({open_files}) is too low for {args.failover_chargers} "
+              "chargers: raise the hard limit (ulimit -Hn, as root)", file=sys.stderr)
+        return 1
     reason = unavailable_reason()
     if reason:
         print(f"bench_cluster: {reason}", file=sys.stderr)
@@ -155,14 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="levity-bench-cluster-") as directory:
             out = Path(directory)
-            compare(server, args.chargers, args.duration, args.rounds, out)
+            if not args.failover_only:
+                compare(server, args.chargers, args.duration, args.rounds, out)
             if args.failover_chargers <= 0:
                 return 0
             failover_db = server.new_database()
             levity_command("db", "upgrade", database=failover_db)
-            seconds = asyncio.run(failover_seconds(failover_db, args.failover_chargers, out))
-            print(f"failover: {args.failover_chargers} chargers reconnected and booted on the other instance "
-                  f"{seconds:.2f} s after the kill ({args.failover_chargers / seconds:,.0f} boots/s)")
+            seconds = asyncio.run(failover_seconds(failover_db, args.failover_chargers, out, args.failover_instances))
+            others = args.failover_instances - 1
+            print(f"failover: {args.failover_chargers} chargers reconnected and booted on the other "
+                  f"{'instance' if others == 1 else f'{others} instances'} {seconds:.2f} s after the kill "
+                  f"({args.failover_chargers / seconds:,.0f} boots/s)")
     finally:
         server.stop()
     return 0

@@ -136,6 +136,12 @@ class Settings:
         "addresses or networks of balancers in front (e.g. HAProxy): from them, the charger's address is the "
         "last X-Forwarded-For entry (logged as remote_address, used by the authentication limits)",
         parse=parse_networks)
+    proxy_protocol: bool = opt(
+        "LEVITY_PROXY_PROTOCOL", False,
+        "the balancers in LEVITY_TRUSTED_PROXIES open every connection to the chargers' port with a PROXY "
+        "protocol header, version 1 or 2 (HAProxy send-proxy-v2): its address is the charger's; a connection "
+        "from them without one is dropped, and so is one from anyone else that starts with one",
+        parse=_bool, metavar="BOOL")
     database_password: str | None = opt("LEVITY_DATABASE_PASSWORD", None,
                                         "password of the PostgreSQL database (also PGPASSWORD or ~/.pgpass)",
                                         secret=True)
@@ -263,6 +269,19 @@ class Settings:
     batch_size: int = opt("LEVITY_BATCH_SIZE", 5000, "most events per Forward batch", parse=_positive_int)
 
     def __post_init__(self) -> None:
+        if self.trusted_proxies and not isinstance(self.trusted_proxies[0], (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            # Given as text (in code, or as the workers receive their settings): parsed as the variable is.
+            text = self.trusted_proxies if isinstance(self.trusted_proxies, str) else ",".join(self.trusted_proxies)
+            try:
+                object.__setattr__(self, "trusted_proxies", parse_networks(text))
+            except ValueError as exc:
+                raise ConfigError(f"LEVITY_TRUSTED_PROXIES: {exc}") from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigError("LEVITY_PROXY_PROTOCOL needs LEVITY_TRUSTED_PROXIES: the balancers allowed to send "
+                              "the header")
+        if self.proxy_protocol and (self.security_profile >= 2 or self.tls_cert):
+            raise ConfigError("LEVITY_PROXY_PROTOCOL reads the header before any TLS: terminate TLS at the balancer, "
+                              "or pass the address with X-Forwarded-For (LEVITY_TRUSTED_PROXIES alone)")
         if isinstance(self.fluentd_servers, str):  # Settings(fluentd_servers="a,b:24225") in code and tests
             try:
                 object.__setattr__(self, "fluentd_servers", _servers(self.fluentd_servers))

@@ -73,6 +73,10 @@ ANOMALIES = Counter("levity_anomalies", "ocpp.anomaly events sent (repeated star
                     "transactions...), by kind.", ["kind"], registry=REGISTRY)
 FLUENTD_SEND_FAILURES = Counter("levity_fluentd_send_failures", "Batches of audit events Fluentd did not "
                                 "acknowledge (sent again later).", registry=REGISTRY)
+PROXY_HEADERS_REFUSED = Counter("levity_proxy_headers_refused", "Connections dropped for their PROXY protocol "
+                                "header (LEVITY_PROXY_PROTOCOL), by reason: missing, malformed, truncated, "
+                                "untrusted (from an address not in LEVITY_TRUSTED_PROXIES).",
+                                ["reason"], registry=REGISTRY)
 # "livesum": the sum over running workers; "livemin": 1 only while every worker is connected.
 CONNECTED = Gauge("levity_connected_charge_points", "Charge points connected, by OCPP version.",
                   ["ocpp_version"], multiprocess_mode="livesum", registry=REGISTRY)
@@ -134,6 +138,10 @@ def record_refused(status: int) -> None:
     if child is None:
         child = _refused_children[status] = HANDSHAKES_REFUSED.labels(str(status))
     child.inc()
+
+
+def record_proxy_refused(reason: str) -> None:
+    PROXY_HEADERS_REFUSED.labels(reason).inc()  # rare: no child cache needed
 
 
 def record_energy(wh: int | float) -> None:

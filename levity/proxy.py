@@ -4,11 +4,17 @@ Behind a balancer every connection comes from the balancer's address, which woul
 audit trail's remote_address and the per-address authentication limits useless. When the peer
 is one of LEVITY_TRUSTED_PROXIES, the address the balancer appended to X-Forwarded-For is the
 charger's; from anyone else the header is ignored (a charger could write any address in it).
+
+With LEVITY_PROXY_PROTOCOL on, the balancer states the address in a PROXY protocol header
+ahead of the request instead (levity/proxy_protocol.py): a trusted peer must send one, and a
+connection from anyone else that starts with one is dropped (it would be a forged address).
 """
 
 from __future__ import annotations
 
 import ipaddress
+
+from levity.proxy_protocol import ProxyHeader, ProxyHeaderError, parse_header, starts_with_header
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -24,15 +30,19 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def forwarded_client(peer_host: str | None, headers, trusted: tuple[Network, ...]) -> str | None:
-    """The client address the trusted proxy reports, or None (use the peer's own)."""
-    if not trusted or not peer_host or headers is None:
-        return None
+def is_trusted(peer_host: str | None, trusted: tuple[Network, ...]) -> bool:
+    if not trusted or not peer_host:
+        return False
     try:
         peer = ipaddress.ip_address(peer_host)
     except ValueError:
-        return None
-    if not any(peer in network for network in trusted):
+        return False
+    return any(peer in network for network in trusted)
+
+
+def forwarded_client(peer_host: str | None, headers, trusted: tuple[Network, ...]) -> str | None:
+    """The client address the trusted proxy reports, or None (use the peer's own)."""
+    if headers is None or not is_trusted(peer_host, trusted):
         return None
     values = headers.get_all("X-Forwarded-For")
     if not values:
@@ -42,3 +52,17 @@ def forwarded_client(peer_host: str | None, headers, trusted: tuple[Network, ...
         return str(ipaddress.ip_address(last))
     except ValueError:
         return None
+
+
+def read_proxy_header(data: bytes, peer_trusted: bool) -> ProxyHeader | None:
+    """What starts a connection when LEVITY_PROXY_PROTOCOL is on: from a trusted balancer, its
+    header (None: not all of it arrived yet); from anyone else, no header at all (a ProxyHeader
+    of length 0 and no source). ProxyHeaderError: drop the connection."""
+    if peer_trusted:
+        return parse_header(data)
+    looks_like_header = starts_with_header(data)
+    if looks_like_header is None:
+        return None
+    if looks_like_header:
+        raise ProxyHeaderError("untrusted", "a PROXY protocol header from an address not in LEVITY_TRUSTED_PROXIES")
+    return ProxyHeader(0, 0, None)

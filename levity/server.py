@@ -53,7 +53,7 @@ from levity.database import DatabaseStartupError, is_postgres, open_store
 from levity.proxy import forwarded_client
 from levity.store import StorageError
 from levity.transactions import send_pending_closes_forever
-from levity.transport import OcppConnection
+from levity.transport import OcppConnection, format_address
 
 log = logging.getLogger("levity")
 
@@ -79,13 +79,6 @@ def charge_point_id_from_path(path: str) -> str | None:
         return None
     candidate = segments[-1]
     return candidate if CHARGE_POINT_ID.fullmatch(candidate) and ".." not in candidate else None
-
-
-def format_address(address) -> str:
-    if not address:
-        return "unknown"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass

@@ -24,7 +24,10 @@ from websockets.http11 import Request, Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN
 from websockets.server import ServerProtocol
 
+from levity import metrics
 from levity.framing import CallError, Reply, parse_frame
+from levity.proxy import is_trusted, read_proxy_header
+from levity.proxy_protocol import ProxyHeaderError
 
 log = logging.getLogger("levity.transport")
 
@@ -32,6 +35,14 @@ log = logging.getLogger("levity.transport")
 _REPLY_FRAME = re.compile(r"\s*\[\s*[34]\s*,")
 
 CLOSE_TIMEOUT = 10.0
+
+
+def format_address(address: Any) -> str:
+    """host:port ([host]:port for IPv6), as remote_address in the audit trail."""
+    if not address:
+        return "unknown"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class _Resume:
@@ -115,7 +126,10 @@ class OcppConnection(asyncio.Protocol):
                                        max_size=settings.max_frame_bytes)
         self.transport: asyncio.Transport | None = None
         self.request: Request | None = None
-        self.remote_address: Any = None
+        self.remote_address: Any = None  # the charger's, also when a PROXY protocol header names it
+        self.proxy_address: Any = None  # the balancer's, when its PROXY protocol header named the charger
+        # LEVITY_PROXY_PROTOCOL: bytes read before the header is complete (None: no header to read).
+        self._proxy_prefix: bytes | None = None
         self.last_seen = time.monotonic()
         self.on_message: Callable[[str], Awaitable[None]] | None = None  # set once open
         self.on_close: Callable[["OcppConnection"], None] | None = None
@@ -139,15 +153,25 @@ class OcppConnection(asyncio.Protocol):
         self.transport = transport
         transport.set_write_buffer_limits(high=self.central.settings.max_send_buffer_bytes)
         self.remote_address = transport.get_extra_info("peername")
+        if self.central.settings.proxy_protocol:
+            self._proxy_prefix = b""
         self._timer = asyncio.get_running_loop().call_later(
             self.central.settings.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
+        if self._proxy_prefix is not None:
+            data = self._read_proxy_header(data)
+            if not data:
+                return
         self.protocol.receive_data(data)
         self._process_events()
 
     def eof_received(self) -> bool | None:
+        if self._proxy_prefix is not None:
+            self._refuse_proxy_header(ProxyHeaderError(
+                "truncated", "the connection ended inside its PROXY protocol header"))
+            return None
         self.protocol.receive_eof()
         self._process_events()
         return None
@@ -191,6 +215,32 @@ class OcppConnection(asyncio.Protocol):
             self.paused.discard(reason)
             if not self.paused and not self._closed:
                 self.transport.resume_reading()
+
+    # PROXY protocol header (LEVITY_PROXY_PROTOCOL) --------------------------------------------
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        """The bytes after the header once it is complete; b"" while it is not (or was refused)."""
+        prefix = self._proxy_prefix + data
+        peer = self.remote_address
+        try:
+            header = read_proxy_header(prefix, is_trusted(peer[0] if peer else None,
+                                                          self.central.settings.trusted_proxies))
+        except ProxyHeaderError as exc:
+            self._refuse_proxy_header(exc)
+            return b""
+        if header is None:
+            self._proxy_prefix = prefix
+            return b""
+        self._proxy_prefix = None
+        if header.source is not None:
+            self.proxy_address, self.remote_address = peer, header.source
+        return prefix[header.length:]
+
+    def _refuse_proxy_header(self, error: ProxyHeaderError) -> None:
+        self._proxy_prefix = None
+        metrics.record_proxy_refused(error.reason)
+        log.warning("dropped a connection from %s: %s", format_address(self.remote_address), error)
+        self.transport.abort()
 
     # Events from websockets ---------------------------------------------------------------
 

@@ -51,6 +51,8 @@ from levity.commands import Unavailable
 from levity.config import ConfigError, Settings, StartupError
 from levity.database import is_postgres, redact
 from levity.metrics import WorkerMetrics
+from levity.proxy import is_trusted, read_proxy_header
+from levity.proxy_protocol import ProxyHeaderError
 
 log = logging.getLogger("levity.workers")
 
@@ -246,7 +248,7 @@ class Worker:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "levity.workers", str(theirs.fileno()), str(self.index)],
             stdin=subprocess.PIPE, pass_fds=[theirs.fileno()], env=self.environment)
-        self.process.stdin.write(json.dumps(dataclasses.asdict(self.settings)).encode())
+        self.process.stdin.write(json.dumps(dataclasses.asdict(self.settings), default=str).encode())
         self.process.stdin.close()
         theirs.close()
         ours.setblocking(False)
@@ -429,10 +431,15 @@ class Supervisor:
 
     async def _route(self, sock: socket.socket) -> None:
         try:
-            head = await asyncio.wait_for(_peek_head(sock), self.settings.handshake_timeout)
+            proxy_check = self._proxy_check(sock) if self.settings.proxy_protocol else None
+            try:
+                header_length, head = await asyncio.wait_for(_peek_head(sock, proxy_check),
+                                                             self.settings.handshake_timeout)
+            except ProxyHeaderError:
+                header_length, head = 0, b""  # a worker drops it the same way, and logs and counts it
             path = _request_path(head)
             if path in ("/health", "/metrics") and not _is_upgrade(head):
-                await asyncio.wait_for(self._answer_http(sock, path), self.settings.handshake_timeout)
+                await asyncio.wait_for(self._answer_http(sock, path, header_length), self.settings.handshake_timeout)
                 return
             from levity.server import charge_point_id_from_path
 
@@ -449,8 +456,16 @@ class Supervisor:
         finally:
             sock.close()  # the worker holds its own descriptor now
 
-    async def _answer_http(self, sock: socket.socket, path: str) -> None:
+    def _proxy_check(self, sock: socket.socket):
+        """LEVITY_PROXY_PROTOCOL: the rule for this peer. The worker reads the header again
+        itself (it is only peeked here), so the charger's address reaches its audit events."""
+        peer = _peer(sock)
+        trusted = is_trusted(peer[0] if peer else None, self.settings.trusted_proxies)
+        return lambda data: read_proxy_header(data, trusted)
+
+    async def _answer_http(self, sock: socket.socket, path: str, header_length: int = 0) -> None:
         loop = asyncio.get_running_loop()
+        await _consume(sock, header_length)
         await _consume_head(sock)
         if path == "/health":
             alive = all(w.alive for w in self.workers)
@@ -528,9 +543,10 @@ class Supervisor:
         return 1 if failed else 0
 
 
-async def _peek_head(sock: socket.socket) -> bytes:
+async def _peek_head(sock: socket.socket, proxy_check=None) -> tuple[int, bytes]:
     """The request head as far as needed, without consuming it: up to the end of the request
-    line for a charger, the whole head for /health and /metrics."""
+    line for a charger, the whole head for /health and /metrics; after the PROXY protocol
+    header, whose length comes first, when `proxy_check` (LEVITY_PROXY_PROTOCOL) reads one."""
     loop = asyncio.get_running_loop()
     while True:
         try:
@@ -540,11 +556,17 @@ async def _peek_head(sock: socket.socket) -> bytes:
         if data == b"":
             raise EOFError
         if data is not None:
+            header = proxy_check(data) if proxy_check is not None else None
+            if proxy_check is not None and header is None:
+                await asyncio.sleep(0.005)  # the rest of the header is on its way
+                continue
+            skip = header.length if header is not None else 0
+            peeked, data = len(data), data[skip:]
             line_end = data.find(b"\r\n")
-            if b"\r\n\r\n" in data or len(data) >= MAX_HEAD_BYTES:
-                return data
+            if b"\r\n\r\n" in data or peeked >= MAX_HEAD_BYTES:
+                return skip, data
             if line_end >= 0 and _request_path(data) not in ("/health", "/metrics"):
-                return data
+                return skip, data
             await asyncio.sleep(0.005)  # the rest is on its way; peeked data stays readable
             continue
         ready = loop.create_future()
@@ -553,6 +575,22 @@ async def _peek_head(sock: socket.socket) -> bytes:
             await ready
         finally:
             loop.remove_reader(sock.fileno())
+
+
+async def _consume(sock: socket.socket, count: int) -> None:
+    loop = asyncio.get_running_loop()
+    while count > 0:
+        chunk = await loop.sock_recv(sock, count)
+        if not chunk:
+            raise EOFError
+        count -= len(chunk)
+
+
+def _peer(sock: socket.socket):
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
 
 
 async def _consume_head(sock: socket.socket) -> None:

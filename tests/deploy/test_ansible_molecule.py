@@ -17,6 +17,14 @@
           suite's test double (tests/support/fluentd_double.py) or, when
           LEVITY_TEST_FLUENTD_ROOT names a directory laid out like /opt/fluent (bin/fluentd, and
           an optional apt-packages file listing the Debian packages it needs), a real Fluentd.
+  postgresql
+          the postgresql role on Debian's PostgreSQL: Levity's user logs in with its password over
+          TCP (a wrong one is refused), and `levity db upgrade` / `levity db status`, run from the
+          machine running molecule as a Levity host would, create and report Levity's schema,
+          owned by Levity's user, without printing the password.
+  haproxy the haproxy role on Debian's HAProxy in front of two stand-ins answering GET /health:
+          the written configuration validates, /health through HAProxy reaches a backend on the
+          chargers' port and the API port, and still does with one backend stopped.
 
 They run on podman with levity-test-systemd:bookworm, which scripts/test-host-setup.sh builds
 (`make test` runs it first). Without podman they are skipped.
@@ -60,7 +68,7 @@ def _fluentd_behind_the_unit() -> str:
 # molecule has its own 900 s limit below; the suite's 300 s default would cut a run on a busy
 # machine short before it.
 @pytest.mark.timeout(1080)
-@pytest.mark.parametrize("scenario", ["levity", "stack", "fluentd-service"])
+@pytest.mark.parametrize("scenario", ["levity", "stack", "fluentd-service", "postgresql", "haproxy"])
 def test_molecule_scenario(podman, scenario):
     behind = _fluentd_behind_the_unit() if scenario == "fluentd-service" else ""
     started = time.monotonic()

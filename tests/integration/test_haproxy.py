@@ -12,6 +12,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import httpx
 import jinja2
 import pytest
 import websockets
@@ -32,7 +33,7 @@ def render(servers, ocpp_port: int, api_port: int, **overrides) -> str:
         ansible_managed="rendered by the tests", haproxy_log_target="stdout format raw", haproxy_maxconn=4000,
         haproxy_tunnel_timeout="1h", haproxy_bind_address="127.0.0.1",
         haproxy_ocpp_port=ocpp_port, haproxy_api_bind_address="127.0.0.1", haproxy_api_port=api_port,
-        haproxy_check_interval="500ms", haproxy_levity_servers=servers, **{"haproxy_levity_tls_ca": "", "haproxy_tls_certificate": "", **overrides})
+        haproxy_check_interval="500ms", haproxy_levity_servers=servers, **{"haproxy_levity_tls_ca": "", "haproxy_tls_certificate": "", "haproxy_proxy_protocol": "", **overrides})
 
 
 @pytest.fixture
@@ -41,10 +42,10 @@ def haproxy(tmp_path):
         pytest.skip("HAProxy is not installed (apt-get install haproxy; scripts/test-host-setup.sh does)")
     started = []
 
-    def start(servers):
+    def start(servers, **overrides):
         ports = free_port(), free_port()
         config = tmp_path / "haproxy.cfg"
-        config.write_text(render(servers, *ports))
+        config.write_text(render(servers, *ports, **overrides))
         check = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
         process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=open(tmp_path / "haproxy.log", "w"),
@@ -149,3 +150,45 @@ async def test_the_chargers_address_is_audited_and_an_instance_loss_moves_its_ch
             await asyncio.sleep(0.1)
     await until(lambda: on_first <= {r["charge_point_id"] for r in audit(second, "websocket_connect")},
                 "the killed instance's chargers booted on the other")
+
+
+async def test_with_send_proxy_v2_the_chargers_address_and_port_are_audited(levity, haproxy):
+    """HAProxy's send-proxy-v2 (haproxy_proxy_protocol v2) in front of LEVITY_PROXY_PROTOCOL: the
+    charger's address and port from the header in the audit trail, the health checks of both
+    backends (chargers' and operator API's, LOCAL headers) passing."""
+    env = {"LEVITY_PROXY_PROTOCOL": "true", "LEVITY_TRUSTED_PROXIES": "127.0.0.1"}
+    servers = []
+    for _ in range(2):
+        server = levity({**env, **api_env()}, start=False)
+        server.proxy_local = True  # the test's own health checks come as HAProxy's do
+        servers.append(server.start())
+    ocpp_port, api_port = haproxy(servers_of(servers), haproxy_proxy_protocol="v2")
+    await wait_until_serving(ocpp_port)
+    names = [f"CP-P{i}" for i in range(6)]
+    ports = {}
+    for name in names:
+        async with connect_from_client_address(f"ws://127.0.0.1:{ocpp_port}", name) as ws:
+            ports[name] = ws.local_address[1]
+            await ws.send(f'[2,"b","BootNotification",{{"chargePointVendor":"V","chargePointModel":"M"}}]')
+            assert (await asyncio.wait_for(ws.recv(), 10)).startswith("[3,")
+    await until(lambda: len(audit(servers[0], "websocket_connect") + audit(servers[1], "websocket_connect")) == 6,
+                "every connection audited")
+    connects = audit(servers[0], "websocket_connect") + audit(servers[1], "websocket_connect")
+    assert {r["charge_point_id"]: r["remote_address"] for r in connects} == \
+        {name: f"{CLIENT_ADDRESS}:{port}" for name, port in ports.items()}
+    assert all(server.metrics().get('levity_proxy_headers_refused_total{reason="missing"}', 0) == 0
+               for server in servers)
+    async with client(servers[0], None) as api:  # through HAProxy: its API backend is up
+        api.base_url = f"http://127.0.0.1:{api_port}/api/v1"
+        await until_answered(lambda: api.get("/charge-points"), 401, "Levity's refusal through HAProxy (not its 503)")
+
+
+async def until_answered(request, status: int, what: str, seconds: float = 15.0):
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        with contextlib.suppress(OSError, httpx.HTTPError):
+            if (await request()).status_code == status:
+                return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        await asyncio.sleep(0.1)

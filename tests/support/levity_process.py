@@ -46,6 +46,9 @@ class LevityProcess:
         }
         self.process: subprocess.Popen | None = None
         self.health_ssl = None  # an ssl.SSLContext when Levity serves TLS
+        # LEVITY_PROXY_PROTOCOL with 127.0.0.1 trusted: the test's own requests (health, metrics)
+        # come as the balancer's health checks do, behind a PROXY protocol v2 LOCAL header.
+        self.proxy_local = False
         self.log_path = self.workdir / "levity.log"
         self.stdout = stdout  # where its standard output goes (default: the log file)
         self.starts = 0
@@ -79,6 +82,11 @@ class LevityProcess:
                 raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{self.log()}")
             scheme = "https" if self.health_ssl else "http"
             try:
+                if self.proxy_local:
+                    if get_behind_proxy_header(self.port, "/health")[0] == 200:
+                        return self
+                    time.sleep(0.05)
+                    continue
                 with urllib.request.urlopen(f"{scheme}://127.0.0.1:{self.port}/health", timeout=1,
                                             context=self.health_ssl) as response:
                     if response.status == 200:
@@ -109,8 +117,31 @@ class LevityProcess:
 
     def metrics(self) -> dict[str, float]:
         """/metrics read with prometheus_client's own parser: {'name{label="value",...}': value}."""
+        if self.proxy_local:
+            return parse_metrics(get_behind_proxy_header(self.port, "/metrics")[1].decode())
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
             return parse_metrics(response.read().decode())
+
+
+PROXY_V2_LOCAL = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"  # what HAProxy's health checks send
+
+
+def get_behind_proxy_header(port: int, path: str, header: bytes = PROXY_V2_LOCAL,
+                            source: str = "127.0.0.1") -> tuple[int, bytes]:
+    """GET path over a plain socket that starts with `header`: (status, body); status 0 when
+    the server closed the connection without an answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(header + f"GET {path} HTTP/1.1\r\nHost: levity\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    if not data:
+        return 0, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 def parse_metrics(text: str) -> dict[str, float]:
