@@ -15,7 +15,8 @@ from tests.support.levity_process import free_port
 
 def serve(tmp_path, **env):
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
-    environ.update({"LEVITY_PORT": "0", "LEVITY_HOST": "127.0.0.1", "LEVITY_DATABASE": str(tmp_path / "levity.db"),
+    environ.update({"LEVITY_PORT": "0", "LEVITY_API_PORT": "0", "LEVITY_HOST": "127.0.0.1",
+                    "LEVITY_DATABASE": str(tmp_path / "levity.db"),
                     "LEVITY_SPOOL_DIR": str(tmp_path / "spool"), **env})
     return subprocess.run([sys.executable, "-m", "levity.cli", "serve"], env=environ, capture_output=True,
                           text=True, timeout=30)
@@ -59,7 +60,8 @@ def serve_with_limits(tmp_path, soft: int, hard: int, max_connections: int) -> t
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
     environ.update({"LEVITY_PORT": str(port), "LEVITY_HOST": "127.0.0.1", "LEVITY_DATABASE": str(tmp_path / "l.db"),
-                    "LEVITY_MAX_CONNECTIONS": str(max_connections), "LEVITY_AUDIT_SINK": "none"})
+                    "LEVITY_MAX_CONNECTIONS": str(max_connections), "LEVITY_AUDIT_SINK": "none",
+                    "LEVITY_API_PORT": "0"})  # not the default 9001, which another process may hold
     process = subprocess.Popen([sys.executable, "-m", "levity.cli", "serve"], env=environ, stderr=subprocess.PIPE,
                                text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
     limit = None

@@ -140,7 +140,8 @@ async def test_a_worker_that_dies_is_restarted_and_its_state_kept(levity):
 
 def serve(directory, **env):
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
-    environ.update({"LEVITY_PORT": "0", "LEVITY_HOST": "127.0.0.1", "LEVITY_DATABASE": str(directory / "levity.db"),
+    environ.update({"LEVITY_PORT": "0", "LEVITY_API_PORT": "0", "LEVITY_HOST": "127.0.0.1",
+                    "LEVITY_DATABASE": str(directory / "levity.db"),
                     "LEVITY_SPOOL_DIR": str(directory / "spool"), "LEVITY_AUDIT_SINK": "none", **env})
     return subprocess.run([sys.executable, "-m", "levity.cli", "serve"], env=environ, capture_output=True,
                           text=True, timeout=30)
