@@ -368,7 +368,7 @@ class Store:
             outcome = self._apply(self._writer or self._db, group)
             if outcome.error is not None:
                 log.error("database: %d queued write(s) could not be committed at shutdown: %s",
-                          len(group.writes) + len(group.meter_rows) + len(group.heartbeats), outcome.error)
+                          group.size(), outcome.error)
         if self._writer is not None:
             self._writer.close()
         self._db.close()
