@@ -42,6 +42,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
+from levity.handoff import hand_off
 from levity.store_outage import OutageTracker
 
 log = logging.getLogger(__name__)
@@ -460,8 +461,8 @@ class Store:
             self._writer = _connect(self._path, WRITER_BUSY_TIMEOUT_MS)
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-db")
             self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")  # the loop's reads never wait long
-        future = self._loop.run_in_executor(self._io, self._apply, self._writer, group)
-        future.add_done_callback(lambda f: f.cancelled() or self._committed(group, f.result()))
+        hand_off(self._loop, self._io, self._apply, self._writer, group,
+                 then=lambda outcome: self._committed(group, outcome))
 
     def _committed(self, group: _Group, outcome: _Outcome) -> None:
         self._running = False

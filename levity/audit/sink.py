@@ -19,6 +19,7 @@ from typing import IO, Protocol
 
 from levity.audit.events import AuditEvent
 from levity.config import Settings
+from levity.handoff import hand_off
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,8 @@ class JsonLinesSink:
         if not lines or self._io is None:
             self._scheduled = False
             return
-        future = self._loop.run_in_executor(self._io, _write_lines, self, lines, bool(waiters))
-        future.add_done_callback(lambda f: f.cancelled() or self._written(lines, waiters, *f.result()))
+        hand_off(self._loop, self._io, _write_lines, self, lines, bool(waiters),
+                 then=lambda outcome: self._written(lines, waiters, *outcome))
 
     def _written(self, lines: list[bytes], waiters: list[tuple[asyncio.Future, int]], written: int,
                  synced: bool, error: OSError | None) -> None:
