@@ -35,7 +35,7 @@ import msgpack
 from levity.audit.events import AuditEvent
 from levity.audit.failover import PROBE_INTERVAL, ServerPool
 from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch, endpoints_from_settings
-from levity.audit.sink import NotDurable, release_waiters
+from levity.audit.sink import NotDurable, release_waiters, settled
 from levity.audit.spool import Spool, SpoolWriteError, encode_frame
 from levity.config import Settings
 from levity.handoff import hand_off
@@ -131,25 +131,25 @@ class ForwardSink:
         except Exception:  # noqa: BLE001 - emit must never raise into a handler
             log.exception("audit: emit failed")
 
-    async def emit_durable(self, event: AuditEvent) -> None:
+    def emit_durable(self, event: AuditEvent) -> asyncio.Future:
         self.emitted += 1
         if self._closing or not self._started:
             self._drop_late()
             self.durable_failed += 1
-            raise NotDurable("the audit sink is " + ("closing" if self._closing else "not started"))
+            return settled(NotDurable("the audit sink is " + ("closing" if self._closing else "not started")))
         try:
             frame = encode_frame(event.tag, event.time_ns, event.record, self._pack)
         except (TypeError, ValueError, OverflowError) as exc:
             self.spool.drops.dropped(1, f"event not serialisable ({exc})")
             self.durable_failed += 1
-            raise NotDurable(f"event not serialisable ({exc})") from None
-        future = asyncio.get_running_loop().create_future()
+            return settled(NotDurable(f"event not serialisable ({exc})"))
+        future = self._loop.create_future()  # a cancelled waiter only stops waiting: release skips it
         self._waiters.append((future, len(self._pending)))
         self._pending.append(frame)
         if len(self._pending) == 1:
             self._first_pending_at = time.monotonic()
         self._flush()
-        await future  # a cancelled caller cancels only its wait: the write goes on, release skips it
+        return future
 
     def reopen(self) -> None:
         pass  # the spool is Levity's own: nothing rotates it

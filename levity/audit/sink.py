@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Protocol
+from typing import IO, Awaitable, Protocol
 
 from levity.audit.events import AuditEvent
 from levity.config import Settings
@@ -54,7 +54,11 @@ class AuditSink(Protocol):
 
     def emit(self, event: AuditEvent) -> None: ...
 
-    async def emit_durable(self, event: AuditEvent) -> None: ...
+    def emit_durable(self, event: AuditEvent) -> Awaitable[None]:
+        """A transaction event: done once it is on disk, NotDurable if it cannot be. A plain
+        function returning a future, not a coroutine, so the write starts at the call even when
+        the caller awaits later (store_then_audit calls it as the database commit is reported)."""
+        ...
 
     async def close(self, timeout: float) -> None: ...
 
@@ -70,6 +74,16 @@ class AuditSink(Protocol):
         ...
 
 
+def settled(outcome: Exception | None) -> asyncio.Future:
+    """An emit_durable() answer known at once: done, or failed with `outcome`."""
+    future = asyncio.get_running_loop().create_future()
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)
+    return future
+
+
 class NullSink:
     accepting = True
 
@@ -82,8 +96,9 @@ class NullSink:
     def emit(self, event: AuditEvent) -> None:
         self._emitted += 1
 
-    async def emit_durable(self, event: AuditEvent) -> None:
+    def emit_durable(self, event: AuditEvent) -> Awaitable[None]:
         self._emitted += 1
+        return settled(None)
 
     async def close(self, timeout: float) -> None:
         pass
@@ -162,13 +177,13 @@ class JsonLinesSink:
         self._emitted += 1
         self._schedule()
 
-    async def emit_durable(self, event: AuditEvent) -> None:
+    def emit_durable(self, event: AuditEvent) -> Awaitable[None]:
         if self._loop is None:
-            raise NotDurable("the audit sink is not started")
+            return settled(NotDurable("the audit sink is not started"))
         future = self._loop.create_future()
         self._waiters.append((future, len(self._lines)))
         self.emit(event)
-        await future
+        return future
 
     def _schedule(self) -> None:
         if self._scheduled or self._loop is None:
