@@ -514,8 +514,9 @@ class Store:
                 self._scheduled = True
                 self._retry = self._loop.call_later(RETRY_SECONDS, self._commit_group)
                 return
-        if self._group:
-            self._schedule()
+        if self._group:  # what queued up during this commit goes now, not one loop iteration later
+            self._scheduled = True
+            self._commit_group()
 
     def _requeue(self, failed: _Group) -> None:
         """Put a rolled-back group's writes back in front of what was queued since (order kept).

@@ -256,8 +256,9 @@ class PostgresStore:
                 self._scheduled = True
                 self._retry = self._loop.call_later(RETRY_SECONDS, self._commit_batch)
                 return
-        if self._pending:
-            self._schedule()
+        if self._pending:  # what queued up during this commit goes now, not one loop iteration later
+            self._scheduled = True
+            self._commit_batch()
 
     def _requeue(self, failed: "_Batch", failed_keys: set[int]) -> None:
         """A rolled-back batch's writes go back in front of those queued since, in order."""
