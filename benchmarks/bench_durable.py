@@ -41,7 +41,7 @@ async def busy_loop(busy_seconds: float, iterations: list[int]) -> None:
         await asyncio.sleep(0)
 
 
-async def measure(directory: Path, calls: int, chargers: int, busy_ms: float) -> tuple[float, float, float]:
+async def measure(directory: Path, calls: int, chargers: int, busy_ms: float) -> tuple[float, float, float, int]:
     store = Store(str(directory / "levity.db"))
     sink = ForwardSink(Settings(fluentd_enabled=True, fluentd_host="127.0.0.1", fluentd_port=9,  # nobody there
                                 spool_dir=str(directory / "spool"), flush_interval=0.2, batch_size=500))
@@ -65,19 +65,22 @@ async def measure(directory: Path, calls: int, chargers: int, busy_ms: float) ->
     await asyncio.gather(*(charger(n) for n in range(chargers)))
     load.cancel()
     await asyncio.gather(load, return_exceptions=True)
+    spooled = sink.stats()["spooled"]  # nobody acknowledges: every durable event is still there
     await sink.close(0.5)
     await store.drain()
     store.close()
-    return statistics.mean(waits) * 1000, statistics.median(waits) * 1000, statistics.mean(waited_iterations)
+    return (statistics.mean(waits) * 1000, statistics.median(waits) * 1000, statistics.mean(waited_iterations),
+            spooled)
 
 
 async def run(directory: Path, calls: int, busy: list[float], chargers: list[int]) -> None:
-    print(f"{'busy ms/iteration':>18}{'chargers':>10}{'mean wait ms':>14}{'p50 ms':>9}{'iterations waited':>19}")
+    print(f"{'busy ms/iteration':>18}{'chargers':>10}{'mean wait ms':>14}{'p50 ms':>9}{'iterations waited':>19}"
+          f"{'events spooled':>16}")
     for busy_ms in busy:
         for count in chargers:
             with tempfile.TemporaryDirectory(dir=directory) as scratch:
-                mean, p50, waited = await measure(Path(scratch), calls, count, busy_ms)
-            print(f"{busy_ms:>18g}{count:>10}{mean:>14.2f}{p50:>9.2f}{waited:>19.1f}")
+                mean, p50, waited, spooled = await measure(Path(scratch), calls, count, busy_ms)
+            print(f"{busy_ms:>18g}{count:>10}{mean:>14.2f}{p50:>9.2f}{waited:>19.1f}{spooled:>16}")
 
 
 def main() -> None:
