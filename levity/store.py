@@ -431,6 +431,8 @@ class Store:
         self._group.waiters.append((future, key, then))
         self._group.durable = True
         self._schedule(urgent=True)
+        if not self._running:  # nothing in flight: commit now; what arrives meanwhile forms the next group
+            self._commit_group()
         await future
 
     async def drain(self, timeout: float = 5.0) -> None:

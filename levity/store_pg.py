@@ -306,6 +306,8 @@ class PostgresStore:
         future = asyncio.get_running_loop().create_future()
         self._pending.waiters.append((future, key, then))
         self._schedule(urgent=True)
+        if self._inflight is None:  # nothing in flight: commit now; what arrives meanwhile forms the next batch
+            self._commit_batch()
         await future
 
     async def drain(self, timeout: float = 5.0) -> None:
