@@ -200,6 +200,7 @@ class ForwardSink:
         left = self.spool.depth_events
         await loop.run_in_executor(self._io, self.spool.close)
         self._io.shutdown(wait=True)
+        self._io = None  # a write that outlived the deadline reports back; nothing more is handed over
         if left:
             log.info("audit: %d event(s) not yet acknowledged stay in the spool %s and are sent at the next start",
                      left, self.settings.spool_dir)
@@ -212,7 +213,7 @@ class ForwardSink:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._writing or not self._pending:
+        if self._writing or not self._pending or self._io is None:
             return
         batch, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
