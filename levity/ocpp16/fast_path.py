@@ -17,9 +17,10 @@ rule of a schema has its counterpart here, and an optional field sent as null is
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import msgspec
+from msgspec.structs import asdict
 
 from levity.framing import CALL, MAX_UNIQUE_ID_LENGTH, Call, is_rfc3339_date_time
 
@@ -51,53 +52,67 @@ class _SchemaTypes:
         self.lenient_measurands = lenient_measurands
         self.lenient_timestamps = lenient_timestamps
 
-    def type_of(self, schema: dict, name: str, in_sampled_value: bool = False) -> Any:
+    def type_of(self, schema: dict, name: str, in_sampled_value: bool = False) -> tuple[Any, Converter | None]:
+        """The msgspec type of a node, and how its decoded value becomes a handler argument
+        (None: as it is)."""
         kind = schema.get("type")
         if kind == "object":
             return self._struct(schema, name, in_sampled_value)
         if kind == "array":
-            item = self.type_of(schema["items"], name + "Item", name.endswith("SampledValue"))
-            return Annotated[list[item], msgspec.Meta(min_length=schema.get("minItems", 0))]
+            item, convert_item = self.type_of(schema["items"], name + "Item", name.endswith("SampledValue"))
+            convert = None if convert_item is None else (lambda items: [convert_item(x) for x in items])
+            return Annotated[list[item], msgspec.Meta(min_length=schema.get("minItems", 0))], convert
         if kind == "string":
             if "enum" in schema and not (in_sampled_value and self.lenient_measurands):
-                return Literal[tuple(schema["enum"])]
+                return Literal[tuple(schema["enum"])], None
             if schema.get("format") == "date-time" and not self.lenient_timestamps:
-                return DateTime
+                return DateTime, str  # a plain str for the handlers, as the standard path gives
             if "maxLength" in schema:
-                return Annotated[str, msgspec.Meta(max_length=schema["maxLength"])]
-            return str
+                return Annotated[str, msgspec.Meta(max_length=schema["maxLength"])], None
+            return str, None
         if kind == "integer":
-            return Annotated[int, msgspec.Meta(ge=max(schema.get("minimum", INT64_MIN), INT64_MIN), le=INT64_MAX)]
+            minimum = max(schema.get("minimum", INT64_MIN), INT64_MIN)
+            return Annotated[int, msgspec.Meta(ge=minimum, le=INT64_MAX)], None
         raise ValueError(f"{self.action}: schema type {kind!r} has no fast-path type")
 
-    def _struct(self, schema: dict, name: str, in_sampled_value: bool) -> type[msgspec.Struct]:
+    def _struct(self, schema: dict, name: str, in_sampled_value: bool) -> tuple[type[msgspec.Struct], Converter]:
         if schema.get("additionalProperties", True) is not False:
             raise ValueError(f"{self.action}: an object open to extra properties has no fast-path type")
         required = set(schema.get("required", ()))
-        fields = []
+        fields, converted = [], []
         for prop, sub in schema.get("properties", {}).items():
             if prop == "connectorId":  # as levity.ocpp16.validation: > 0 in StartTransaction, >= 0 elsewhere
                 sub = {**sub, "minimum": 1 if self.action == "StartTransaction" else 0}
-            field_type = self.type_of(sub, name + prop[0].upper() + prop[1:], in_sampled_value)
+            field_type, convert = self.type_of(sub, name + prop[0].upper() + prop[1:], in_sampled_value)
             if prop in required:
                 fields.append((_snake(prop), field_type))
             else:
                 fields.append((_snake(prop), field_type | msgspec.UnsetType, _UNSET))
+            if convert is not None:
+                converted.append((_snake(prop), convert))
         fields.sort(key=len)  # msgspec wants the required fields (2-tuples) first
-        return msgspec.defstruct(name, fields, rename="camel", forbid_unknown_fields=True)
+        struct = msgspec.defstruct(name, fields, rename="camel", forbid_unknown_fields=True)
+        return struct, _arguments_of(optional=len(required) < len(fields), converted=converted)
 
 
-def _arguments(value: Any) -> Any:
-    """Structs as the handlers' keyword arguments: snake_case dicts, absent fields left out,
-    date-times as plain str (what levity.framing.to_snake gives for the same payload)."""
-    if isinstance(value, msgspec.Struct):
-        return {field: _arguments(v) for field in value.__struct_fields__
-                if (v := getattr(value, field)) is not _UNSET}
-    if type(value) is list:
-        return [_arguments(v) for v in value]
-    if type(value) is DateTime:
-        return str(value)
-    return value
+Converter = Callable[[Any], Any]
+
+
+def _arguments_of(optional: bool, converted: list[tuple[str, Converter]]) -> Converter:
+    """How a Struct becomes handler arguments: a snake_case dict (asdict uses the attribute
+    names), absent fields left out, nested and date-time fields converted: what
+    levity.framing.to_snake gives for the same payload. Planned once per Struct type, so a
+    call walks only the fields that need it."""
+    def arguments(value: msgspec.Struct) -> dict[str, Any]:
+        result = asdict(value)
+        if optional:
+            result = {field: v for field, v in result.items() if v is not _UNSET}
+        for field, convert in converted:
+            v = result.get(field)
+            if v is not None:
+                result[field] = convert(v)
+        return result
+    return arguments
 
 
 _Frame = tuple[int, Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_UNIQUE_ID_LENGTH)], str, msgspec.Raw]
@@ -111,7 +126,7 @@ class FastPath:
     def __init__(self, lenient_measurands: bool = False, lenient_timestamps: bool = False):
         self._lenient_measurands = lenient_measurands
         self._lenient_timestamps = lenient_timestamps
-        self._payloads: dict[str, msgspec.json.Decoder] = {}
+        self._payloads: dict[str, tuple[msgspec.json.Decoder, Converter]] = {}
 
     def compile(self, actions, schema_dir) -> None:
         for action in actions:
@@ -121,7 +136,8 @@ class FastPath:
                 payload_type = types.type_of(schema, action + "Request")
             except ValueError:
                 continue  # a schema this module cannot mirror exactly: its calls take the standard path
-            self._payloads[action] = msgspec.json.Decoder(payload_type, dec_hook=_check_date_time)
+            self._payloads[action] = (msgspec.json.Decoder(payload_type[0], dec_hook=_check_date_time),
+                                      payload_type[1])
 
     def decode(self, raw: str) -> Call | None:
         try:
@@ -129,6 +145,6 @@ class FastPath:
             decoder = self._payloads.get(action)
             if message_type != CALL or decoder is None:
                 return None
-            return Call(unique_id, action, None, arguments=_arguments(decoder.decode(payload)))
+            return Call(unique_id, action, None, arguments=decoder[1](decoder[0].decode(payload)))
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
