@@ -5,7 +5,7 @@ bundled OCA 1.6 schemas, with Levity's adjustments (connectorId minimum, integer
 bits, RFC 3339 date-times, the lenient options), in about half the time of orjson +
 fastjsonschema + the snake_case conversion (docs/benchmark.md, "A lighter hot path").
 
-It only ever accepts: a frame it refuses for any reason (broken, not a CALL, an action Levity
+It never answers an error itself: a frame it refuses for any reason (broken, not a CALL, an action Levity
 does not handle, any failed rule) goes to the standard path (levity.framing.parse_frame and
 the compiled schemas), which answers with the OCPP-J error table exactly as before.
 msgspec's own error messages never reach a charger. So the fast path may be stricter than
