@@ -50,6 +50,9 @@ class Run(NamedTuple):
     calls_per_second: float
     server_cpu_us_per_call: float  # the Levity process, in the measured window
     database_cpu_us_per_call: float | None  # the PostgreSQL server, over the whole run
+    p99_ms: float | None  # all calls
+    p99_ms_by_action: dict[str, float | None]  # per call type
+    errors: int
 
 
 def database_cpu_seconds(server: PostgresServer) -> float:
@@ -80,7 +83,9 @@ def load_run(database: str | None, chargers: int, duration: float, out: Path,
     calls = result["calls"] or 1
     server_cpu_seconds = result["server_cpu_percent"] / 100 * result["window_seconds"]
     return Run(result["calls_per_second"], server_cpu_seconds / calls * 1e6,
-               database_cpu / calls * 1e6 if database_cpu is not None else None)
+               database_cpu / calls * 1e6 if database_cpu is not None else None, result["latency_ms"]["p99"],
+               {action: figures["p99"] for action, figures in result["per_action"].items()},
+               result["errors"] + result["timeouts"])
 
 
 def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path) -> None:
@@ -90,17 +95,22 @@ def compare(server: PostgresServer, chargers: int, duration: float, rounds: int,
         raise SystemExit("levity db upgrade failed")
     runs: dict[str, list[Run]] = {"SQLite": [], "PostgreSQL": []}
     print(f"calls/s, one process, {chargers} chargers, {duration:.0f} s per run, {rounds} round(s):")
-    print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}")
+    print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}{'p99 ms':>8}"
+          f"{'errors':>8}  p99 ms by call type")
     for _ in range(rounds):
         for name, url in (("SQLite", None), ("PostgreSQL", database)):
             run = load_run(url, chargers, duration, out, server if url else None)
             runs[name].append(run)
             database_cpu = f"{run.database_cpu_us_per_call:,.0f}" if run.database_cpu_us_per_call is not None else "-"
-            print(f"{name:<12}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{database_cpu:>24}")
+            by_action = "  ".join(f"{action} {p99}" for action, p99 in run.p99_ms_by_action.items())
+            print(f"{name:<12}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{database_cpu:>24}"
+                  f"{run.p99_ms or 0:>8.1f}{run.errors:>8}  {by_action}")
     sqlite, pg = (statistics.median(r.calls_per_second for r in runs[name]) for name in runs)
     sqlite_cpu, pg_cpu = (statistics.median(r.server_cpu_us_per_call for r in runs[name]) for name in runs)
+    sqlite_p99, pg_p99 = (statistics.median(r.p99_ms or 0 for r in runs[name]) for name in runs)
     print(f"median: SQLite {sqlite:,.0f}  PostgreSQL {pg:,.0f} calls/s ({100 * pg / sqlite:.0f}% of SQLite); "
-          f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us")
+          f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us; "
+          f"p99 SQLite {sqlite_p99:.1f} ms, PostgreSQL {pg_p99:.1f} ms")
 
 
 async def boot_all(url, names: list[str], concurrency: int = 200) -> list:

@@ -42,6 +42,10 @@ class OwnedTransactions:
         self.release(charge_point_id)
         self._owned[charge_point_id] = {}
 
+    def connected(self, charge_point_id: str) -> bool:
+        """Claimed here and not released since."""
+        return charge_point_id in self._owned
+
     def release(self, charge_point_id: str) -> None:
         for transaction_id in self._owned.pop(charge_point_id, ()):
             self._charger_of.pop(transaction_id, None)

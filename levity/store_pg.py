@@ -1,11 +1,13 @@
 """Levity's state in a shared PostgreSQL database: the public interface of levity/store.py's
 Store, for several instances behind a balancer (docs/scaling.md).
 
-Driver: psycopg 3. The Store interface is synchronous on purpose (a handler decides about a
-repeated StartTransaction by reading and writing without an await in between), and psycopg is
-the one well-kept driver with the same types in a blocking and an asyncio API: this module reads
-with its blocking connection on the event loop thread, levity/cluster.py uses its asyncio
-connection for LISTEN/NOTIFY.
+Driver: psycopg 3, the one well-kept driver with the same types in a blocking and an asyncio
+API. The Store interface is synchronous (the command line, the operator API's reads); the reads
+a transaction call decides on are awaited instead (start_lookup, load_transaction,
+load_station_transaction): reader threads with their own connections run them, so the event
+loop serves other chargers during the round trip. The handler holds its charge point's
+transaction lock from that read until its writes are committed, so nothing it decides on
+changes in between. levity/cluster.py uses psycopg's asyncio connection for LISTEN/NOTIFY.
 
 Writes never block the event loop, as on SQLite: they are queued, and what was queued during a
 turn of the loop is committed by one database transaction sent in pipeline mode (one round trip
@@ -18,9 +20,10 @@ A write the database refuses for good (a value out of its range) is applied alon
 counted, so it cannot hold back the others. An outage (writes failing, then working again) is
 reported once each way (levity/store_outage.py).
 
-Round trips on the hot path are few: a StartTransaction's repeat check, its connector's open
-transactions and a transaction id come in one; MeterValues and a stop's meter checks are answered
-from what this instance knows of the chargers connected to it (levity/owned_transactions.py).
+Round trips on the hot path are few and none blocks the event loop: a StartTransaction's repeat
+check, its connector's open transactions and a transaction id come in one awaited round trip, a
+StopTransaction's row in one; MeterValues and a stop's meter checks are answered from what this
+instance knows of the chargers connected to it (levity/owned_transactions.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -46,6 +50,7 @@ log = logging.getLogger("levity.store")
 
 RETRY_SECONDS = 1.0  # wait before a queued batch the database refused is tried again
 CONNECT_TIMEOUT_SECONDS = 5
+READER_THREADS = 2  # awaited reads in flight at once (each thread has its own connection)
 
 INSERT_METER_VALUE = (
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
@@ -56,6 +61,9 @@ IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s A
                    "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1")
 OPEN_ON_CONNECTOR = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
                      "AND abandoned_at IS NULL ORDER BY id")
+BY_ID = f"{SELECT} WHERE id = %s"
+BY_STATION_ID = f"{SELECT} WHERE charge_point_id = %s AND station_transaction_id = %s ORDER BY id LIMIT 1"
+NEXT_ID = "SELECT nextval('transaction_ids')"
 
 
 class _Batch:
@@ -110,11 +118,13 @@ class PostgresStore:
         self.reconnects = 0
         self.outage = OutageTracker("postgresql", self.name)  # the `ocpp.store` down/up events
         # Fewer round trips on the hot path: what this instance knows of its chargers'
-        # transactions, a transaction id fetched ahead, and the open transactions of the
-        # connector a StartTransaction is about, read with its repeat check (identical_start).
+        # transactions, and per charge point the id of its next transaction, fetched with the
+        # reads its start decides on (start_lookup) and used by start_transaction().
         self.owned = OwnedTransactions()
-        self._spare_id: int | None = None
-        self._prefetched_open: tuple[tuple[str, int], list[Transaction]] | None = None
+        self._next_ids: dict[str, int] = {}
+        self._reads: ThreadPoolExecutor | None = None  # the awaited reads' threads
+        self._reader = threading.local()  # each reader thread's connection
+        self._readers: list[psycopg.Connection] = []  # all of them, closed by close()
         try:
             self._db = self._connect()
             if check_schema:
@@ -158,6 +168,11 @@ class PostgresStore:
         if self._io is not None:
             self._io.shutdown(wait=True)  # a commit still running finishes first
             self._io = None
+        if self._reads is not None:
+            self._reads.shutdown(wait=True)
+            self._reads = None
+        for reader in self._readers:
+            reader.close()
         self._loop = None
         try:
             self._commit_now()
@@ -176,7 +191,6 @@ class PostgresStore:
                 "outages": self.outage.outages, "down": int(self.outage.down), "owned_hits": self.owned.hits}
 
     def _write(self, sql: str, params=(), key: int | None = None) -> None:
-        self._prefetched_open = None
         self._pending.writes.append((sql, params, False, key))
         self._schedule()
 
@@ -368,7 +382,6 @@ class PostgresStore:
 
     def _read_many(self, *queries: tuple[str, Any]) -> list[psycopg.Cursor]:
         """Several queries in one round trip."""
-        self._prefetched_open = None
         try:
             db = self.connection()
             if len(queries) == 1:
@@ -380,9 +393,49 @@ class PostgresStore:
             if isinstance(exc, psycopg.OperationalError):
                 self.outage.failed(describe(exc), self._pending.size())
             raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+        self._read_worked()
+        return cursors
+
+    def _read_worked(self) -> None:
         if self.outage.down and not self._pending and self._inflight is None:  # nothing waits: back
             self.outage.recovered(0)
-        return cursors
+
+    async def _read_async(self, *queries: tuple[str, Any]) -> list[list[tuple]]:
+        """Several queries in one round trip on a reader thread, awaited: the event loop serves
+        other chargers meanwhile. Their rows; StorageError when the database cannot answer."""
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="levity-pg-read")
+        try:
+            rows, reconnected = await asyncio.get_running_loop().run_in_executor(self._reads, self._fetch, queries)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                self.outage.failed(describe(exc), self._pending.size())
+            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+        if reconnected:
+            self.reconnects += 1
+            log.warning("database %s: a reader connected again", self.name)
+        self._read_worked()
+        return rows
+
+    def _fetch(self, queries) -> tuple[list[list[tuple]], bool]:
+        """On a reader thread: the rows of each query (pipelined when several), and whether
+        this thread had to connect again."""
+        db: psycopg.Connection | None = getattr(self._reader, "db", None)
+        reconnected = db is not None and (db.closed or db.broken)
+        if db is None or reconnected:
+            if reconnected and time.monotonic() < self._down_until:
+                raise psycopg.OperationalError("the database was unreachable moments ago")
+            try:
+                db = self._reader.db = self._connect()
+            except psycopg.Error:
+                self._down_until = time.monotonic() + RETRY_SECONDS  # one failed connect per second
+                raise
+            self._readers.append(db)
+        if len(queries) == 1:
+            return [db.execute(*queries[0]).fetchall()], reconnected
+        with db.pipeline():
+            cursors = [db.execute(sql, params) for sql, params in queries]
+        return [cursor.fetchall() for cursor in cursors], reconnected
 
     # Charge points -------------------------------------------------------------------------
 
@@ -465,9 +518,9 @@ class PostgresStore:
                           event_id: str | None = None) -> int:
         # The id from the shared sequence (unique across instances); the row goes with the
         # batch, which the caller commits before it answers.
-        transaction_id, self._spare_id = self._spare_id, None
+        transaction_id = self._next_ids.pop(charge_point_id, None)  # fetched by start_lookup()
         if transaction_id is None:
-            transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+            transaction_id = self._read(NEXT_ID).fetchone()[0]
         self.owned.started(charge_point_id, transaction_id)
         self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
@@ -496,31 +549,56 @@ class PostgresStore:
     def transaction(self, transaction_id: int) -> Transaction | None:
         if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
             return None
-        row = self._read(f"{SELECT} WHERE id = %s", (transaction_id,)).fetchone()
+        row = self._read(BY_ID, (transaction_id,)).fetchone()
         return Transaction.from_row(row) if row else None
 
     def identical_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                         start_timestamp: str) -> Transaction | None:
-        """As Store.identical_start. A StartTransaction asks this first, then open_on_connector()
-        and start_transaction() with no await in between: one round trip answers all three (the
-        transaction id is kept for the next start when this one is a repeat)."""
-        queries = [(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)),
-                   (OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
-        if self._spare_id is None:
-            queries.append(("SELECT nextval('transaction_ids')", ()))
-        identical, still_open, *next_id = self._read_many(*queries)
-        row = identical.fetchone()
-        if next_id:
-            self._spare_id = next_id[0].fetchone()[0]
-        self._prefetched_open = ((charge_point_id, connector_id),
-                                 [Transaction.from_row(r) for r in still_open.fetchall()])
+        row = self._read(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag,
+                                           meter_start)).fetchone()
         return Transaction.from_row(row) if row else None
 
     def open_on_connector(self, charge_point_id: str, connector_id: int) -> list[Transaction]:
-        prefetched, self._prefetched_open = self._prefetched_open, None
-        if prefetched is not None and prefetched[0] == (charge_point_id, connector_id):
-            return prefetched[1]
         return [Transaction.from_row(row) for row in self._read(OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
+
+    # The reads a transaction handler awaits (as in Store), each one round trip off the loop.
+
+    async def start_lookup(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                           start_timestamp: str) -> tuple[Transaction | None, list[Transaction]]:
+        """As Store.start_lookup, with the id of the charger's next transaction in the same
+        round trip (kept for its next start when this one is a repeat)."""
+        queries = [(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)),
+                   (OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
+        identical, still_open, *next_id = await self._read_async(*queries, *self._next_id_query(charge_point_id))
+        self._keep_next_id(charge_point_id, next_id)
+        if identical:
+            return Transaction.from_row(identical[0]), []
+        return None, [Transaction.from_row(row) for row in still_open]
+
+    async def load_transaction(self, transaction_id: int) -> Transaction | None:
+        if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
+            return None
+        rows, = await self._read_async((BY_ID, (transaction_id,)))
+        return Transaction.from_row(rows[0]) if rows else None
+
+    async def load_station_transaction(self, charge_point_id: str, station_transaction_id: str,
+                                       may_start: bool = False) -> StationTransaction | None:
+        extra = self._next_id_query(charge_point_id) if may_start else ()
+        rows, *next_id = await self._read_async((BY_STATION_ID, (charge_point_id, station_transaction_id)), *extra)
+        self._keep_next_id(charge_point_id, next_id)
+        if not rows:
+            return None
+        transaction = Transaction.from_row(rows[0])
+        return StationTransaction(transaction, station_transaction_id, transaction.meter_start_known)
+
+    def _next_id_query(self, charge_point_id: str) -> tuple[tuple[str, tuple], ...]:
+        return () if charge_point_id in self._next_ids else ((NEXT_ID, ()),)
+
+    def _keep_next_id(self, charge_point_id: str, fetched: list[list[tuple]]) -> None:
+        """Only while the charger is connected here (claim_connection() and
+        release_connection() drop it: an id never used is a gap, never a duplicate)."""
+        if fetched and self.owned.connected(charge_point_id):
+            self._next_ids.setdefault(charge_point_id, fetched[0][0][0])
 
     def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
         return [Transaction.from_row(row) for row in self._read(
@@ -676,12 +754,11 @@ class PostgresStore:
 
     def station_transaction(self, charge_point_id: str, station_transaction_id: str) -> StationTransaction | None:
         """As Store.station_transaction."""
-        row = self._read(
-            "SELECT id, meter_start_known FROM transactions WHERE charge_point_id = %s "
-            "AND station_transaction_id = %s ORDER BY id LIMIT 1", (charge_point_id, station_transaction_id)).fetchone()
+        row = self._read(BY_STATION_ID, (charge_point_id, station_transaction_id)).fetchone()
         if row is None:
             return None
-        return StationTransaction(self.transaction(row[0]), station_transaction_id, bool(row[1]))
+        transaction = Transaction.from_row(row)
+        return StationTransaction(transaction, station_transaction_id, transaction.meter_start_known)
 
     # Operator API tokens (only their hashes) ----------------------------------------------------
 
@@ -719,6 +796,7 @@ class PostgresStore:
         """Record that this instance now holds the charger's connection; the new generation.
         The notification tells the instance that held it before to close its stale one."""
         self.owned.release(charge_point_id)
+        self._next_ids.pop(charge_point_id, None)
         db = self.connection()
         with db.transaction():
             generation = db.execute(
@@ -734,6 +812,7 @@ class PostgresStore:
     def release_connection(self, charge_point_id: str) -> None:
         """This instance no longer holds the charger's connection: forget what it knew."""
         self.owned.release(charge_point_id)
+        self._next_ids.pop(charge_point_id, None)
 
 
 def describe(exc: psycopg.Error) -> str:

@@ -163,7 +163,7 @@ class ChargingStation:
         if remembered is not None:
             return remembered[0]
         async with self.ctx.transaction_lock(self.id):
-            known = self.ctx.store.station_transaction(self.id, station_id)
+            known = await self.ctx.store.load_station_transaction(self.id, station_id)
         if known is None:
             return None
         self.remember(station_id, known.transaction.id, None)
@@ -269,7 +269,7 @@ async def transaction_event(cs: ChargingStation, payload: dict) -> dict:
     # One decision at a time per station, from the committed state, released once committed
     # (CentralSystemContext.transaction_lock): a repeat is seen as one, on any connection.
     async with cs.ctx.transaction_lock(cs.id):
-        known = cs.ctx.store.station_transaction(cs.id, station_id)
+        known = await cs.ctx.store.load_station_transaction(cs.id, station_id, may_start=True)
         if kind == "Started":
             await _started(cs, payload, known)
         else:
