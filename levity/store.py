@@ -729,6 +729,10 @@ class Store:
         started next; the PostgreSQL store fetches its id in the same round trip)."""
         return self.station_transaction(charge_point_id, station_transaction_id)
 
+    async def load_open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
+        """open_on_evse(), awaited by a TransactionEvent that starts a transaction."""
+        return self.open_on_evse(charge_point_id, evse_id)
+
     def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
         """The open 2.0.1 transactions of one EVSE (a station runs one transaction per EVSE)."""
         return [Transaction.from_row(row) for row in self._db.execute(

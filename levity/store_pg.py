@@ -61,9 +61,23 @@ IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s A
                    "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1")
 OPEN_ON_CONNECTOR = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
                      "AND abandoned_at IS NULL ORDER BY id")
+OPEN_ON_EVSE = (f"{SELECT} WHERE charge_point_id = %s AND evse_id = %s AND stopped_at IS NULL "
+                "AND abandoned_at IS NULL ORDER BY id")
 BY_ID = f"{SELECT} WHERE id = %s"
 BY_STATION_ID = f"{SELECT} WHERE charge_point_id = %s AND station_transaction_id = %s ORDER BY id LIMIT 1"
 NEXT_ID = "SELECT nextval('transaction_ids')"
+# A StartTransaction's decision in one statement (each statement costs the driver about 40 us of
+# CPU): the next transaction id (or NULL when one is kept), then the connector's transactions that
+# are identical to this start or still open, each flagged whether identical, in id order.
+TRANSACTION_COLUMNS = TRANSACTION_SELECT.removeprefix("SELECT ").removesuffix(" FROM transactions")
+IDENTICAL = "start_timestamp = %(timestamp)s AND id_tag = %(id_tag)s AND meter_start = %(meter_start)s"
+START_LOOKUP = (
+    "WITH next_id AS (SELECT {next_id} AS id) SELECT next_id.id, found.* FROM next_id LEFT JOIN ("
+    f"SELECT coalesce({IDENTICAL}, false) AS identical, {TRANSACTION_COLUMNS} FROM transactions "
+    f"WHERE charge_point_id = %(charge_point_id)s AND connector_id = %(connector_id)s AND ({IDENTICAL} "
+    "OR stopped_at IS NULL AND abandoned_at IS NULL)) found ON true ORDER BY found.id")
+START_LOOKUP_WITH_ID = START_LOOKUP.format(next_id="nextval('transaction_ids')")
+START_LOOKUP_ID_KEPT = START_LOOKUP.format(next_id="NULL::bigint")
 
 
 class _Batch:
@@ -376,25 +390,20 @@ class PostgresStore:
                 pass
 
     def _read(self, sql: str, params=()) -> psycopg.Cursor:
-        """A query on the committed state (the reads' own connection; a transaction start or
-        stop is committed before its answer, so a charger's next call sees it)."""
-        return self._read_many((sql, params))[0]
-
-    def _read_many(self, *queries: tuple[str, Any]) -> list[psycopg.Cursor]:
-        """Several queries in one round trip."""
+        """A query on the committed state on the event loop's connection (the command line and
+        the operator API; a transaction start or stop is committed before its answer, so a
+        charger's next call sees it)."""
         try:
-            db = self.connection()
-            if len(queries) == 1:
-                cursors = [db.execute(*queries[0])]
-            else:
-                with db.pipeline():
-                    cursors = [db.execute(sql, params) for sql, params in queries]
+            cursor = self.connection().execute(sql, params)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                self.outage.failed(describe(exc), self._pending.size())
-            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+            raise self._read_failed(exc) from exc
         self._read_worked()
-        return cursors
+        return cursor
+
+    def _read_failed(self, exc: psycopg.Error) -> StorageError:
+        if isinstance(exc, psycopg.OperationalError):
+            self.outage.failed(describe(exc), self._pending.size())
+        return StorageError(f"database {self.name}: {describe(exc)}")
 
     def _read_worked(self) -> None:
         if self.outage.down and not self._pending and self._inflight is None:  # nothing waits: back
@@ -408,9 +417,7 @@ class PostgresStore:
         try:
             rows, reconnected = await asyncio.get_running_loop().run_in_executor(self._reads, self._fetch, queries)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                self.outage.failed(describe(exc), self._pending.size())
-            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+            raise self._read_failed(exc) from exc
         if reconnected:
             self.reconnects += 1
             log.warning("database %s: a reader connected again", self.name)
@@ -566,14 +573,17 @@ class PostgresStore:
     async def start_lookup(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                            start_timestamp: str) -> tuple[Transaction | None, list[Transaction]]:
         """As Store.start_lookup, with the id of the charger's next transaction in the same
-        round trip (kept for its next start when this one is a repeat)."""
-        queries = [(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)),
-                   (OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
-        identical, still_open, *next_id = await self._read_async(*queries, *self._next_id_query(charge_point_id))
-        self._keep_next_id(charge_point_id, next_id)
+        statement (kept for its next start when this one is a repeat)."""
+        sql = START_LOOKUP_ID_KEPT if charge_point_id in self._next_ids else START_LOOKUP_WITH_ID
+        rows, = await self._read_async((sql, {
+            "charge_point_id": charge_point_id, "connector_id": connector_id, "timestamp": start_timestamp,
+            "id_tag": id_tag, "meter_start": meter_start}))
+        self._keep_next_id(charge_point_id, rows[0][0])
+        found = [(row[1], Transaction.from_row(row[2:])) for row in rows if row[2] is not None]
+        identical = [transaction for same, transaction in found if same]
         if identical:
-            return Transaction.from_row(identical[0]), []
-        return None, [Transaction.from_row(row) for row in still_open]
+            return identical[0], []
+        return None, [transaction for _, transaction in found]
 
     async def load_transaction(self, transaction_id: int) -> Transaction | None:
         if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
@@ -585,25 +595,27 @@ class PostgresStore:
                                        may_start: bool = False) -> StationTransaction | None:
         extra = self._next_id_query(charge_point_id) if may_start else ()
         rows, *next_id = await self._read_async((BY_STATION_ID, (charge_point_id, station_transaction_id)), *extra)
-        self._keep_next_id(charge_point_id, next_id)
+        self._keep_next_id(charge_point_id, next_id[0][0][0] if next_id else None)
         if not rows:
             return None
         transaction = Transaction.from_row(rows[0])
         return StationTransaction(transaction, station_transaction_id, transaction.meter_start_known)
 
+    async def load_open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
+        rows, = await self._read_async((OPEN_ON_EVSE, (charge_point_id, evse_id)))
+        return [Transaction.from_row(row) for row in rows]
+
     def _next_id_query(self, charge_point_id: str) -> tuple[tuple[str, tuple], ...]:
         return () if charge_point_id in self._next_ids else ((NEXT_ID, ()),)
 
-    def _keep_next_id(self, charge_point_id: str, fetched: list[list[tuple]]) -> None:
+    def _keep_next_id(self, charge_point_id: str, transaction_id: int | None) -> None:
         """Only while the charger is connected here (claim_connection() and
         release_connection() drop it: an id never used is a gap, never a duplicate)."""
-        if fetched and self.owned.connected(charge_point_id):
-            self._next_ids.setdefault(charge_point_id, fetched[0][0][0])
+        if transaction_id is not None and self.owned.connected(charge_point_id):
+            self._next_ids.setdefault(charge_point_id, transaction_id)
 
     def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
-        return [Transaction.from_row(row) for row in self._read(
-            f"{SELECT} WHERE charge_point_id = %s AND evse_id = %s AND stopped_at IS NULL "
-            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, evse_id))]
+        return [Transaction.from_row(row) for row in self._read(OPEN_ON_EVSE, (charge_point_id, evse_id))]
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
@@ -797,15 +809,15 @@ class PostgresStore:
         The notification tells the instance that held it before to close its stale one."""
         self.owned.release(charge_point_id)
         self._next_ids.pop(charge_point_id, None)
-        db = self.connection()
-        with db.transaction():
-            generation = db.execute(
-                "INSERT INTO connection_owners (charge_point_id, instance_id, generation) "
-                "VALUES (%s, %s, nextval('connection_generations')) ON CONFLICT (charge_point_id) DO UPDATE SET "
-                "instance_id = excluded.instance_id, generation = excluded.generation, connected_at = now() "
-                "RETURNING generation", (charge_point_id, instance_id)).fetchone()[0]
-            db.execute("SELECT pg_notify('levity_connections', %s)",
-                       (json.dumps([charge_point_id, instance_id, generation]),))
+        # One statement, one round trip on the event loop (a reconnect storm makes thousands):
+        # the notification leaves when the claim commits, as levity/cluster.py reads it.
+        generation = self._read(
+            "WITH claimed AS (INSERT INTO connection_owners (charge_point_id, instance_id, generation) "
+            "VALUES (%(cp)s, %(instance)s, nextval('connection_generations')) ON CONFLICT (charge_point_id) "
+            "DO UPDATE SET instance_id = excluded.instance_id, generation = excluded.generation, "
+            "connected_at = now() RETURNING generation) "
+            "SELECT generation, pg_notify('levity_connections', json_build_array(%(cp)s::text, %(instance)s::text, "
+            "generation)::text) FROM claimed", {"cp": charge_point_id, "instance": instance_id}).fetchone()[0]
         self.owned.claim(charge_point_id)  # from now on its transactions change only here
         return generation
 
