@@ -7,9 +7,11 @@
 1. Calls/s of one Levity process (one worker) on SQLite and on PostgreSQL, the same load client
    and mix (benchmarks/bench.py with LEVITY_DATABASE switched), interleaved (SQLite, PostgreSQL,
    SQLite, PostgreSQL ... for --rounds) so a neighbour's load on a shared machine hits both
-   alike. Per run also the CPU time per call: of the Levity process (its CPU time in the
-   measured window / calls) and of the PostgreSQL server (its processes' CPU time over the
-   whole run, warm-up included / calls), which on a small machine is what limits the ratio.
+   alike; each PostgreSQL run on a new, empty database, as each SQLite run has a new file. Per
+   run also the CPU time per call: of the Levity process (its CPU time in the measured window /
+   calls) and of the PostgreSQL server (its processes' CPU time over the whole run, warm-up
+   included / calls), which on a small machine is what limits the ratio; and the p99 latency,
+   of all calls and per call type.
 2. Failover: N chargers booted on instance A of several sharing a PostgreSQL; A is killed
    (SIGKILL); every charger reconnects to one of the others (chosen by a hash of its id, as the
    balancer's consistent hashing spreads them) and sends BootNotification. Prints the seconds
@@ -88,17 +90,23 @@ def load_run(database: str | None, chargers: int, duration: float, out: Path,
                result["errors"] + result["timeouts"])
 
 
-def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path) -> None:
-    """SQLite and PostgreSQL runs interleaved; one line per run, then the medians."""
+def fresh_database(server: PostgresServer) -> str:
+    """An empty database with Levity's schema: each run starts from nothing, as each SQLite run
+    does with its new file (a database grown by earlier runs costs more per call)."""
     database = server.new_database()
     if levity_command("db", "upgrade", database=database).returncode != 0:
         raise SystemExit("levity db upgrade failed")
+    return database
+
+
+def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path) -> None:
+    """SQLite and PostgreSQL runs interleaved; one line per run, then the medians."""
     runs: dict[str, list[Run]] = {"SQLite": [], "PostgreSQL": []}
     print(f"calls/s, one process, {chargers} chargers, {duration:.0f} s per run, {rounds} round(s):")
     print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}{'p99 ms':>8}"
           f"{'errors':>8}  p99 ms by call type")
     for _ in range(rounds):
-        for name, url in (("SQLite", None), ("PostgreSQL", database)):
+        for name, url in (("SQLite", None), ("PostgreSQL", fresh_database(server))):
             run = load_run(url, chargers, duration, out, server if url else None)
             runs[name].append(run)
             database_cpu = f"{run.database_cpu_us_per_call:,.0f}" if run.database_cpu_us_per_call is not None else "-"
