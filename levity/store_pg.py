@@ -433,10 +433,13 @@ class PostgresStore:
             if reconnected and time.monotonic() < self._down_until:
                 raise psycopg.OperationalError("the database was unreachable moments ago")
             try:
-                db = self._reader.db = self._connect()
+                new = self._connect()
             except psycopg.Error:
                 self._down_until = time.monotonic() + RETRY_SECONDS  # one failed connect per second
                 raise
+            if db is not None:
+                self._readers.remove(db)
+            db = self._reader.db = new
             self._readers.append(db)
         if len(queries) == 1:
             return [db.execute(*queries[0]).fetchall()], reconnected
