@@ -131,16 +131,22 @@ async def store_then_audit(ctx: CentralSystemContext, transaction_id: int, event
     for a repeat; committed before the caller releases its transaction lock. An anomaly
     queued ahead of the failed event may still have reached disk: the resend's anomaly then
     repeats it (a new event id)."""
+    written = None
+
+    def queue_events() -> None:  # run by the store as it reports the commit, before this task wakes
+        nonlocal written
+        for anomaly in anomalies:
+            ctx.sink.emit(anomaly)
+        written = ctx.sink.emit_durable(event)
+
     try:
-        await ctx.store.commit_durable(transaction_id)
+        await ctx.store.commit_durable(transaction_id, then=queue_events)
     except StorageError as failure:
         if failure.refused and undo is not None:  # its other writes (a close) committed without it
             await _undo(ctx, undo)
         raise
-    for anomaly in anomalies:
-        ctx.sink.emit(anomaly)
     try:
-        await ctx.sink.emit_durable(event)
+        await written
     except NotDurable as failure:
         if undo is not None and not failure.maybe_written:
             await _undo(ctx, undo)

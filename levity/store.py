@@ -40,8 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
+from levity.handoff import hand_off
 from levity.store_outage import OutageTracker
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class _Group:
         # a stop looks up its own instead of scanning every charger's queued rows.
         self.registers: dict[tuple[str, int], list[tuple[str, str | None]]] = {}
         self.heartbeats: dict[str, str] = {}
-        self.waiters: list[tuple[asyncio.Future, int | None]] = []
+        self.waiters: list[tuple[asyncio.Future, int | None, Callable[[], None] | None]] = []  # (future, key, then)
         self.durable = False
 
     def __bool__(self) -> bool:
@@ -421,13 +422,17 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             return self._db.execute(sql, params).rowcount
 
-    async def commit_durable(self, key: int | None = None) -> None:
+    async def commit_durable(self, key: int | None = None, then: Callable[[], None] | None = None) -> None:
         """Return once everything written so far is committed with synchronous=FULL.
-        StorageError if that commit failed, or if the write for transaction `key` was refused."""
+        StorageError if that commit failed, or if the write for transaction `key` was refused.
+        then: called on the loop as the commit is reported, before the caller wakes (it must
+        not raise): the next step starts one loop iteration sooner."""
         future = asyncio.get_running_loop().create_future()
-        self._group.waiters.append((future, key))
+        self._group.waiters.append((future, key, then))
         self._group.durable = True
         self._schedule(urgent=True)
+        if not self._running:  # nothing in flight: commit now; what arrives meanwhile forms the next group
+            self._commit_group()
         await future
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -460,8 +465,8 @@ class Store:
             self._writer = _connect(self._path, WRITER_BUSY_TIMEOUT_MS)
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-db")
             self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")  # the loop's reads never wait long
-        future = self._loop.run_in_executor(self._io, self._apply, self._writer, group)
-        future.add_done_callback(lambda f: f.cancelled() or self._committed(group, f.result()))
+        hand_off(self._loop, self._io, self._apply, self._writer, group,
+                 then=lambda outcome: self._committed(group, outcome))
 
     def _committed(self, group: _Group, outcome: _Outcome) -> None:
         self._running = False
@@ -483,13 +488,15 @@ class Store:
                 log.info("database: commits work again (after %.1fs)", time.monotonic() - self._failing_since)
                 self._failing_since = None
                 self.last_error = None
-            for future, key in group.waiters:
+            for future, key, then in group.waiters:
                 if future.done():
                     continue
                 if key is not None and key in refused_keys:
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
                 else:
+                    if then is not None:
+                        then()
                     future.set_result(None)
         else:
             self.commit_failures += 1
@@ -499,7 +506,7 @@ class Store:
                 log.error("database: commit failed: %s. Transaction starts and stops are answered with a "
                           "CALLERROR (the charger retries); other writes are kept and retried (logged again "
                           "when commits work)", outcome.error)
-            for future, _ in group.waiters:
+            for future, _, _ in group.waiters:
                 if not future.done():
                     future.set_exception(StorageError(f"database commit failed: {outcome.error}"))
             self._requeue(group)
@@ -509,14 +516,15 @@ class Store:
                 self._scheduled = True
                 self._retry = self._loop.call_later(RETRY_SECONDS, self._commit_group)
                 return
-        if self._group:
-            self._schedule()
+        if self._group:  # what queued up during this commit goes now, not one loop iteration later
+            self._scheduled = True
+            self._commit_group()
 
     def _requeue(self, failed: _Group) -> None:
         """Put a rolled-back group's writes back in front of what was queued since (order kept).
         Durable callers were failed, so their own writes go (their chargers send them again)."""
         newer = self._group
-        failed_keys = {key for _, key in failed.waiters if key is not None}
+        failed_keys = {key for _, key, _ in failed.waiters if key is not None}
         group = _Group()
         group.writes = [w for w in failed.writes if w.key is None or w.key not in failed_keys] + newer.writes
         group.meter_rows = failed.meter_rows + newer.meter_rows

@@ -35,11 +35,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import psycopg
 
 from levity.database import DatabaseStartupError, redact
+from levity.handoff import hand_off
 from levity.schema_pg import SchemaError, check
 from levity.store import (TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _loop_running,
                           _operator_view)
@@ -89,7 +90,8 @@ class _Batch:
         self.writes: list[tuple[str, Any, bool, int | None]] = []  # (sql, params or rows, executemany, key)
         self.meter_rows: list[tuple] = []
         self.heartbeats: dict[str, str] = {}
-        self.waiters: list[tuple[asyncio.Future, int | None]] = []  # (future, transaction id or None)
+        # (future, transaction id or None, then)
+        self.waiters: list[tuple[asyncio.Future, int | None, Callable[[], None] | None]] = []
 
     def __bool__(self) -> bool:
         return bool(self.writes or self.meter_rows or self.heartbeats or self.waiters)
@@ -242,8 +244,7 @@ class PostgresStore:
         self._inflight = batch
         if self._io is None:
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-pg")
-        future = self._loop.run_in_executor(self._io, self._apply, batch)
-        future.add_done_callback(lambda f: f.cancelled() or self._committed(batch, f.result()))
+        hand_off(self._loop, self._io, self._apply, batch, then=lambda outcome: self._committed(batch, outcome))
 
     def _committed(self, batch: "_Batch", outcome: "_Outcome") -> None:
         self._inflight = None
@@ -254,7 +255,7 @@ class PostgresStore:
         if outcome.error is None:
             self.commits += 1
             self.outage.recovered(batch.size())
-            for future, key in batch.waiters:
+            for future, key, then in batch.waiters:
                 if future.done():
                     continue
                 if key is not None and key in outcome.refused_keys:
@@ -262,13 +263,15 @@ class PostgresStore:
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
                 else:
+                    if then is not None:
+                        then()
                     future.set_result(None)
         else:
             self.commit_failures += 1
             error = StorageError(f"database {self.name}: {describe(outcome.error)}")
             log.error("%s: the writes stay queued and are tried again in %.0fs", error, RETRY_SECONDS)
-            failed_keys = {key for _, key in batch.waiters if key is not None}
-            for future, _ in batch.waiters:
+            failed_keys = {key for _, key, _ in batch.waiters if key is not None}
+            for future, _, _ in batch.waiters:
                 if not future.done():
                     future.set_exception(error)
             for key in failed_keys:  # their chargers are told to retry: their writes go
@@ -281,8 +284,9 @@ class PostgresStore:
                 self._scheduled = True
                 self._retry = self._loop.call_later(RETRY_SECONDS, self._commit_batch)
                 return
-        if self._pending:
-            self._schedule()
+        if self._pending:  # what queued up during this commit goes now, not one loop iteration later
+            self._scheduled = True
+            self._commit_batch()
 
     def _requeue(self, failed: "_Batch", failed_keys: set[int]) -> None:
         """A rolled-back batch's writes go back in front of those queued since, in order."""
@@ -322,14 +326,16 @@ class PostgresStore:
         if outcome.refused_keys:
             raise StorageError(f"the database refused a write: {outcome.refused[0]}", refused=True)
 
-    async def commit_durable(self, key: int | None = None) -> None:
+    async def commit_durable(self, key: int | None = None, then: Callable[[], None] | None = None) -> None:
         """Awaited by the transaction handlers before they answer: everything written so far is
         committed. StorageError when it could not be, or the write for transaction `key` was
         refused; then that transaction's own writes are dropped (its charger sends them again),
-        as the SQLite store does, and the others stay queued."""
+        as the SQLite store does, and the others stay queued. then: as in the SQLite store."""
         future = asyncio.get_running_loop().create_future()
-        self._pending.waiters.append((future, key))
+        self._pending.waiters.append((future, key, then))
         self._schedule(urgent=True)
+        if self._inflight is None:  # nothing in flight: commit now; what arrives meanwhile forms the next batch
+            self._commit_batch()
         await future
 
     async def drain(self, timeout: float = 5.0) -> None:

@@ -7,8 +7,9 @@
 
 - emit() only appends to a list on the event loop: it never blocks and never raises. The batch
   is written within LEVITY_FLUSH_INTERVAL (0.2 s) by the single spool thread.
-- emit_durable() (transaction start/stop) returns once its event is fsynced. Durable events that
-  arrive while an fsync is running wait for the next one and share it (group commit). When the
+- emit_durable() (transaction start/stop) returns once its event is fsynced. Its batch goes to
+  the spool thread at once, no task in between (levity/handoff.py says why); durable events that
+  arrive while a write is running wait for the next one and share it (group commit). When the
   event cannot be made durable (write or fsync error, refused by drop_newest, sink closing) it
   raises NotDurable and the charger is answered with a CALLERROR, so it sends the call again.
 - The sender reads up to LEVITY_BATCH_SIZE events from the acknowledged cursor, sends them as
@@ -34,9 +35,10 @@ import msgpack
 from levity.audit.events import AuditEvent
 from levity.audit.failover import PROBE_INTERVAL, ServerPool
 from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch, endpoints_from_settings
-from levity.audit.sink import NotDurable, release_waiters
+from levity.audit.sink import NotDurable, release_waiters, settled
 from levity.audit.spool import Spool, SpoolWriteError, encode_frame
 from levity.config import Settings
+from levity.handoff import hand_off
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,12 @@ class ForwardSink:
         self._pack = msgpack.Packer().pack  # emit() runs on the event loop only: one Packer for all
         self._first_pending_at = 0.0
         self._waiters: list[tuple[asyncio.Future, int]] = []  # durable events: (waiter, index in _pending)
-        self._wake: asyncio.Event | None = None  # something is pending
-        self._urgent: asyncio.Event | None = None  # write now: durable waiter, full batch or closing
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writing = False  # a batch is on the spool thread; its end starts the next write
+        self._timer: asyncio.TimerHandle | None = None  # writes the pending batch at the flush interval
+        self._written: asyncio.Event | None = None  # set at the end of every write (close() waits on it)
         self._data: asyncio.Event | None = None  # the spool has new events for the sender
         self._tasks: list[asyncio.Task] = []
-        self._flusher: asyncio.Task | None = None
         self._sender: asyncio.Task | None = None
         self._conn: ForwardConnection | None = None
         self._active = 0  # index of the server self._conn talks to
@@ -96,15 +99,14 @@ class ForwardSink:
         return not self._closing and not self.spool.blocking
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-spool")
         await loop.run_in_executor(self._io, self.spool.open)
         self.replayed += self.spool.recovered_events
-        self._wake, self._urgent, self._data = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._written, self._data = asyncio.Event(), asyncio.Event()
         self._data.set()
-        self._flusher = asyncio.create_task(self._flush_loop(), name="audit-spool-writer")
         self._sender = asyncio.create_task(self._send_loop(), name="audit-forward-sender")
-        self._tasks = [self._flusher, self._sender, asyncio.create_task(self._tick_loop(), name="audit-drop-report")]
+        self._tasks = [self._sender, asyncio.create_task(self._tick_loop(), name="audit-drop-report")]
         self._started = True
         log.info("audit delivery to Fluentd at %s (spool %s, bound %d bytes, overflow %s)",
                  self.servers.describe(), self.settings.spool_dir, self.settings.spool_max_bytes,
@@ -118,36 +120,36 @@ class ForwardSink:
                 return
             pending = self._pending
             pending.append(encode_frame(event.tag, event.time_ns, event.record, self._pack))
-            if len(pending) == 1:
+            if len(pending) >= self.batch_size:
+                self._flush()
+            elif len(pending) == 1:
                 self._first_pending_at = time.monotonic()
-                self._wake.set()
-            elif len(pending) >= self.batch_size:
-                self._urgent.set()
+                if not self._writing:  # else the running write's end decides
+                    self._timer = self._loop.call_later(self.flush_interval, self._flush)
         except (TypeError, ValueError, OverflowError) as exc:
             self.spool.drops.dropped(1, f"event not serialisable ({exc})")
         except Exception:  # noqa: BLE001 - emit must never raise into a handler
             log.exception("audit: emit failed")
 
-    async def emit_durable(self, event: AuditEvent) -> None:
+    def emit_durable(self, event: AuditEvent) -> asyncio.Future:
         self.emitted += 1
         if self._closing or not self._started:
             self._drop_late()
             self.durable_failed += 1
-            raise NotDurable("the audit sink is " + ("closing" if self._closing else "not started"))
+            return settled(NotDurable("the audit sink is " + ("closing" if self._closing else "not started")))
         try:
             frame = encode_frame(event.tag, event.time_ns, event.record, self._pack)
         except (TypeError, ValueError, OverflowError) as exc:
             self.spool.drops.dropped(1, f"event not serialisable ({exc})")
             self.durable_failed += 1
-            raise NotDurable(f"event not serialisable ({exc})") from None
-        future = asyncio.get_running_loop().create_future()
+            return settled(NotDurable(f"event not serialisable ({exc})"))
+        future = self._loop.create_future()  # a cancelled waiter only stops waiting: release skips it
         self._waiters.append((future, len(self._pending)))
         self._pending.append(frame)
         if len(self._pending) == 1:
             self._first_pending_at = time.monotonic()
-        self._wake.set()
-        self._urgent.set()
-        await asyncio.shield(future)
+        self._flush()
+        return future
 
     def reopen(self) -> None:
         pass  # the spool is Levity's own: nothing rotates it
@@ -181,10 +183,11 @@ class ForwardSink:
         self._closing = True
         deadline = time.monotonic() + max(0.0, timeout)
         loop = asyncio.get_running_loop()
-        self._wake.set()
-        self._urgent.set()
+        self._flush()
         try:
-            await asyncio.wait_for(asyncio.shield(self._flusher), max(0.1, deadline - time.monotonic()))
+            while self._writing or self._pending:  # each write's end starts the next (fsynced: closing)
+                self._written.clear()
+                await asyncio.wait_for(self._written.wait(), max(0.1, deadline - time.monotonic()))
         except asyncio.TimeoutError:
             log.warning("audit: the spool writer did not finish within the shutdown timeout")
         # Let the sender deliver what Fluentd acknowledges before the deadline.
@@ -197,47 +200,41 @@ class ForwardSink:
         left = self.spool.depth_events
         await loop.run_in_executor(self._io, self.spool.close)
         self._io.shutdown(wait=True)
+        self._io = None  # a write that outlived the deadline reports back; nothing more is handed over
         if left:
             log.info("audit: %d event(s) not yet acknowledged stay in the spool %s and are sent at the next start",
                      left, self.settings.spool_dir)
 
     # Spool writer ------------------------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._pending:
-                if self._closing:
-                    return
-                continue
-            if not self._waiters and not self._closing and len(self._pending) < self.batch_size:
-                delay = self._first_pending_at + self.flush_interval - time.monotonic()
-                if delay > 0:
-                    self._urgent.clear()
-                    try:
-                        await asyncio.wait_for(self._urgent.wait(), delay)
-                    except asyncio.TimeoutError:
-                        pass
-            await self._flush()
-            if self._pending:
-                self._wake.set()
-            elif self._closing:
-                return
-
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
+        """Hand the pending batch to the spool thread now, unless a write is running (its end
+        hands over what came meanwhile)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._writing or not self._pending or self._io is None:
+            return
         batch, self._pending = self._pending, []
         waiters, self._waiters = self._waiters, []
-        fsync = bool(waiters) or self._closing
-        written, synced, error = 0, False, None
+        self._writing = True
+        hand_off(self._loop, self._io, self._write, batch, bool(waiters) or self._closing,
+                 then=lambda outcome: self._batch_written(batch, waiters, outcome))
+
+    def _write(self, batch: list[bytes], fsync: bool) -> tuple[int, Exception | None]:
+        """On the spool thread: (events written, error). The spool writes a prefix of the batch:
+        drop_newest refuses from the end. Never raises."""
         try:
-            # The spool writes a prefix of the batch: drop_newest refuses from the end.
-            written = await asyncio.get_running_loop().run_in_executor(self._io, self._write, batch, fsync)
-            synced = True
+            return self.spool.append_frames(batch, fsync=fsync), None
         except SpoolWriteError as exc:
-            written, error = exc.written, exc
-        except Exception as exc:  # noqa: BLE001 - a disk problem must not stop the loop
-            written, error = len(batch), exc  # unknown: treat as written, not durable
+            return exc.written, exc
+        except Exception as exc:  # noqa: BLE001 - unknown: treat as written, not durable
+            return len(batch), exc
+
+    def _batch_written(self, batch: list[bytes], waiters: list[tuple[asyncio.Future, int]],
+                       outcome: tuple[int, Exception | None]) -> None:
+        self._writing = False
+        written, error = outcome
         if error is None:
             if self._write_failing:
                 self._write_failing = False
@@ -252,11 +249,16 @@ class ForwardSink:
                           "(the charger retries) and other events are counted as dropped until it works again "
                           "(logged then)", self.settings.spool_dir, error)
         reason = f"spool write failed: {error}" if error else "spool full (overflow policy drop_newest)"
-        self.durable_failed += release_waiters(waiters, written, synced, reason)
+        self.durable_failed += release_waiters(waiters, written, error is None, reason)
         self._data.set()
-
-    def _write(self, batch: list[bytes], fsync: bool) -> int:
-        return self.spool.append_frames(batch, fsync=fsync)
+        self._written.set()
+        if not self._pending:
+            return
+        due = self._first_pending_at + self.flush_interval
+        if self._waiters or self._closing or len(self._pending) >= self.batch_size or due <= time.monotonic():
+            self._flush()
+        else:
+            self._timer = self._loop.call_at(self._loop.time() + due - time.monotonic(), self._flush)
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()

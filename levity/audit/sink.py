@@ -15,10 +15,11 @@ import logging
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import IO, Protocol
+from typing import IO, Awaitable, Protocol
 
 from levity.audit.events import AuditEvent
 from levity.config import Settings
+from levity.handoff import hand_off
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,11 @@ class AuditSink(Protocol):
 
     def emit(self, event: AuditEvent) -> None: ...
 
-    async def emit_durable(self, event: AuditEvent) -> None: ...
+    def emit_durable(self, event: AuditEvent) -> Awaitable[None]:
+        """A transaction event: done once it is on disk, NotDurable if it cannot be. A plain
+        function returning a future, not a coroutine, so the write starts at the call even when
+        the caller awaits later (store_then_audit calls it as the database commit is reported)."""
+        ...
 
     async def close(self, timeout: float) -> None: ...
 
@@ -69,6 +74,16 @@ class AuditSink(Protocol):
         ...
 
 
+def settled(outcome: Exception | None) -> asyncio.Future:
+    """An emit_durable() answer known at once: done, or failed with `outcome`."""
+    future = asyncio.get_running_loop().create_future()
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)
+    return future
+
+
 class NullSink:
     accepting = True
 
@@ -81,8 +96,9 @@ class NullSink:
     def emit(self, event: AuditEvent) -> None:
         self._emitted += 1
 
-    async def emit_durable(self, event: AuditEvent) -> None:
+    def emit_durable(self, event: AuditEvent) -> Awaitable[None]:
         self._emitted += 1
+        return settled(None)
 
     async def close(self, timeout: float) -> None:
         pass
@@ -161,13 +177,13 @@ class JsonLinesSink:
         self._emitted += 1
         self._schedule()
 
-    async def emit_durable(self, event: AuditEvent) -> None:
+    def emit_durable(self, event: AuditEvent) -> Awaitable[None]:
         if self._loop is None:
-            raise NotDurable("the audit sink is not started")
+            return settled(NotDurable("the audit sink is not started"))
         future = self._loop.create_future()
         self._waiters.append((future, len(self._lines)))
         self.emit(event)
-        await future
+        return future
 
     def _schedule(self) -> None:
         if self._scheduled or self._loop is None:
@@ -181,8 +197,8 @@ class JsonLinesSink:
         if not lines or self._io is None:
             self._scheduled = False
             return
-        future = self._loop.run_in_executor(self._io, _write_lines, self, lines, bool(waiters))
-        future.add_done_callback(lambda f: f.cancelled() or self._written(lines, waiters, *f.result()))
+        hand_off(self._loop, self._io, _write_lines, self, lines, bool(waiters),
+                 then=lambda outcome: self._written(lines, waiters, *outcome))
 
     def _written(self, lines: list[bytes], waiters: list[tuple[asyncio.Future, int]], written: int,
                  synced: bool, error: OSError | None) -> None:

@@ -29,11 +29,15 @@ def make_events(factory, n, prefix="CP"):
     return out
 
 
+async def emit_durable(sink, event):
+    await sink.emit_durable(event)
+
+
 async def emit_all(sink, events):
     durable = []
     for ev in events:
         if ev.durable:
-            durable.append(asyncio.create_task(sink.emit_durable(ev)))
+            durable.append(asyncio.create_task(emit_durable(sink, ev)))
         else:
             sink.emit(ev)
     await asyncio.gather(*durable)
