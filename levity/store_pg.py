@@ -420,19 +420,31 @@ class PostgresStore:
         other chargers meanwhile. Their rows; StorageError when the database cannot answer."""
         if self._reads is None:
             self._reads = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="levity-pg-read")
-        try:
-            rows, reconnected = await asyncio.get_running_loop().run_in_executor(self._reads, self._fetch, queries)
-        except psycopg.Error as exc:
-            raise self._read_failed(exc) from exc
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+        hand_off(loop, self._reads, self._fetch, queries,
+                 then=lambda outcome: answered.done() or answered.set_result(outcome))  # done: the caller left
+        outcome = await answered
+        if isinstance(outcome, psycopg.Error):
+            raise self._read_failed(outcome) from outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        rows, reconnected = outcome
         if reconnected:
             self.reconnects += 1
             log.warning("database %s: a reader connected again", self.name)
         self._read_worked()
         return rows
 
-    def _fetch(self, queries) -> tuple[list[list[tuple]], bool]:
+    def _fetch(self, queries) -> tuple[list[list[tuple]], bool] | psycopg.Error:
         """On a reader thread: the rows of each query (pipelined when several), and whether
-        this thread had to connect again."""
+        this thread had to connect again; or what the database said."""
+        try:
+            return self._fetch_rows(queries)
+        except psycopg.Error as exc:
+            return exc
+
+    def _fetch_rows(self, queries) -> tuple[list[list[tuple]], bool]:
         db: psycopg.Connection | None = getattr(self._reader, "db", None)
         reconnected = db is not None and (db.closed or db.broken)
         if db is None or reconnected:
