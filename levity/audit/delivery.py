@@ -193,9 +193,7 @@ class ForwardSink:
         # Let the sender deliver what Fluentd acknowledges before the deadline.
         while self.spool.depth_events and self.connected and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _cancel_and_wait(self._tasks)
         self._disconnect()
         left = self.spool.depth_events
         await loop.run_in_executor(self._io, self.spool.close)
@@ -314,8 +312,9 @@ class ForwardSink:
             acked = None
             if not count:
                 try:
-                    await asyncio.wait_for(self._data.wait(), 1.0)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(1.0):  # not wait_for: see _cancel_and_wait
+                        await self._data.wait()
+                except TimeoutError:
                     pass
                 continue
             if not self._conn.usable:  # closed while idle: reconnect and send this batch there
@@ -401,6 +400,16 @@ class ForwardSink:
         batch = self.spool.read(pos, self.batch_size)
         data, chunk = encode_batch(batch.events) if batch.events else (b"", "")
         return len(batch.events), batch.end, data, chunk
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task]) -> None:
+    """Cancel the tasks and wait until they have ended; cancel again whichever goes on: in
+    Python 3.11 asyncio.wait_for() swallows a cancellation that arrives as the awaited thing
+    completes (fixed in 3.12), and the sender awaits its reads and acks with it."""
+    while live := [task for task in tasks if not task.done()]:
+        for task in live:
+            task.cancel()
+        await asyncio.wait(live, timeout=0.1)
 
 
 def _close_probed(task: asyncio.Task) -> None:

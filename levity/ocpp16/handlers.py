@@ -67,8 +67,12 @@ class ChargePoint(OcppChargePoint):
         await self.route_message(raw, received)
 
     async def route_message(self, raw: str | bytes, received: float | None = None) -> None:
+        # A valid CALL of a handled action is decoded and validated in one step; anything else
+        # (broken, a reply, a failed rule) takes the standard path and its exact OCPP-J answer.
+        frame = self.ctx.validator.decode_valid(raw) if type(raw) is str else None
         try:
-            frame = parse_frame(raw)
+            if frame is None:
+                frame = parse_frame(raw)
         except CallError as error:
             log.warning("%s: malformed frame answered with %s: %s", self.id, error.code, error.description)
             await self._send(error.frame())
@@ -86,12 +90,16 @@ class ChargePoint(OcppChargePoint):
     async def answer(self, call: Call) -> str:
         """The CALLRESULT or CALLERROR frame for one CALL."""
         try:
-            check_action(call)
+            arguments = call.arguments
+            if arguments is None:  # not yet validated (levity.framing.Call.arguments)
+                check_action(call)
             handler = self.routes().get(call.action)
             if handler is None:
                 raise CallError("NotSupported", f"{call.action} is not supported by Levity", call.unique_id)
-            self.ctx.validator.validate(call)
-            response = await handler(self, **to_snake(call.payload))
+            if arguments is None:
+                self.ctx.validator.validate(call)
+                arguments = to_snake(call.payload)
+            response = await handler(self, **arguments)
             payload = response_payload(response)
         except (StorageError, NotDurable) as failure:
             return not_stored(self.ctx, self.id, call, failure).frame()

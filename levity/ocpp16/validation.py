@@ -30,6 +30,7 @@ from ocpp.v16.enums import Action
 
 from levity.framing import (RULE_TO_CODE, Call, SchemaValidator, any_date_time,
                             check_direction, compile_schema_file, is_rfc3339_date_time)
+from levity.ocpp16.fast_path import FastPath
 
 VERSION = "1.6"
 SUBPROTOCOL = "ocpp1.6"
@@ -63,6 +64,15 @@ class PayloadValidator(SchemaValidator):
         super().__init__()
         self._lenient_measurands = lenient_measurands
         self._lenient_timestamps = lenient_timestamps
+        self._fast_path = FastPath(lenient_measurands, lenient_timestamps)
+
+    def compile(self, actions) -> None:
+        """The schemas and the fast path of the actions Levity handles, ahead of the first call."""
+        super().compile(actions)
+        self._fast_path.compile(actions, SCHEMA_DIR)
+
+    def decode_valid(self, raw: str) -> Call | None:
+        return self._fast_path.decode(raw)
 
     def _compile(self, action: str) -> Callable[[Any], Any]:
         def adjust(schema: dict) -> None:
