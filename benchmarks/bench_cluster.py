@@ -7,9 +7,11 @@
 1. Calls/s of one Levity process (one worker) on SQLite and on PostgreSQL, the same load client
    and mix (benchmarks/bench.py with LEVITY_DATABASE switched), interleaved (SQLite, PostgreSQL,
    SQLite, PostgreSQL ... for --rounds) so a neighbour's load on a shared machine hits both
-   alike. Per run also the CPU time per call: of the Levity process (its CPU time in the
-   measured window / calls) and of the PostgreSQL server (its processes' CPU time over the
-   whole run, warm-up included / calls), which on a small machine is what limits the ratio.
+   alike; each PostgreSQL run on a new, empty database, as each SQLite run has a new file. Per
+   run also the CPU time per call: of the Levity process (its CPU time in the measured window /
+   calls) and of the PostgreSQL server (its processes' CPU time over the whole run, warm-up
+   included / calls), which on a small machine is what limits the ratio; and the p99 latency,
+   of all calls and per call type.
 2. Failover: N chargers booted on instance A of several sharing a PostgreSQL; A is killed
    (SIGKILL); every charger reconnects to one of the others (chosen by a hash of its id, as the
    balancer's consistent hashing spreads them) and sends BootNotification. Prints the seconds
@@ -50,6 +52,9 @@ class Run(NamedTuple):
     calls_per_second: float
     server_cpu_us_per_call: float  # the Levity process, in the measured window
     database_cpu_us_per_call: float | None  # the PostgreSQL server, over the whole run
+    p99_ms: float | None  # all calls
+    p99_ms_by_action: dict[str, float | None]  # per call type
+    errors: int
 
 
 def database_cpu_seconds(server: PostgresServer) -> float:
@@ -80,27 +85,40 @@ def load_run(database: str | None, chargers: int, duration: float, out: Path,
     calls = result["calls"] or 1
     server_cpu_seconds = result["server_cpu_percent"] / 100 * result["window_seconds"]
     return Run(result["calls_per_second"], server_cpu_seconds / calls * 1e6,
-               database_cpu / calls * 1e6 if database_cpu is not None else None)
+               database_cpu / calls * 1e6 if database_cpu is not None else None, result["latency_ms"]["p99"],
+               {action: figures["p99"] for action, figures in result["per_action"].items()},
+               result["errors"] + result["timeouts"])
+
+
+def fresh_database(server: PostgresServer) -> str:
+    """An empty database with Levity's schema: each run starts from nothing, as each SQLite run
+    does with its new file (a database grown by earlier runs costs more per call)."""
+    database = server.new_database()
+    if levity_command("db", "upgrade", database=database).returncode != 0:
+        raise SystemExit("levity db upgrade failed")
+    return database
 
 
 def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path) -> None:
     """SQLite and PostgreSQL runs interleaved; one line per run, then the medians."""
-    database = server.new_database()
-    if levity_command("db", "upgrade", database=database).returncode != 0:
-        raise SystemExit("levity db upgrade failed")
     runs: dict[str, list[Run]] = {"SQLite": [], "PostgreSQL": []}
     print(f"calls/s, one process, {chargers} chargers, {duration:.0f} s per run, {rounds} round(s):")
-    print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}")
+    print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}{'p99 ms':>8}"
+          f"{'errors':>8}  p99 ms by call type")
     for _ in range(rounds):
-        for name, url in (("SQLite", None), ("PostgreSQL", database)):
+        for name, url in (("SQLite", None), ("PostgreSQL", fresh_database(server))):
             run = load_run(url, chargers, duration, out, server if url else None)
             runs[name].append(run)
             database_cpu = f"{run.database_cpu_us_per_call:,.0f}" if run.database_cpu_us_per_call is not None else "-"
-            print(f"{name:<12}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{database_cpu:>24}")
+            by_action = "  ".join(f"{action} {p99}" for action, p99 in run.p99_ms_by_action.items())
+            print(f"{name:<12}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{database_cpu:>24}"
+                  f"{run.p99_ms or 0:>8.1f}{run.errors:>8}  {by_action}")
     sqlite, pg = (statistics.median(r.calls_per_second for r in runs[name]) for name in runs)
     sqlite_cpu, pg_cpu = (statistics.median(r.server_cpu_us_per_call for r in runs[name]) for name in runs)
+    sqlite_p99, pg_p99 = (statistics.median(r.p99_ms or 0 for r in runs[name]) for name in runs)
     print(f"median: SQLite {sqlite:,.0f}  PostgreSQL {pg:,.0f} calls/s ({100 * pg / sqlite:.0f}% of SQLite); "
-          f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us")
+          f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us; "
+          f"p99 SQLite {sqlite_p99:.1f} ms, PostgreSQL {pg_p99:.1f} ms")
 
 
 async def boot_all(url, names: list[str], concurrency: int = 200) -> list:

@@ -12,7 +12,7 @@ instance can answer:
   meter value of it went through this instance).
 
 What others may change (an operator closing a transaction as abandoned, from the command line or
-any instance's API) is not kept: Store.transaction() still reads the row. A new claim (the
+any instance's API) is not kept: a stop still reads the row (load_transaction). A new claim (the
 charger reconnected, here or elsewhere first) starts from nothing, and so does a write the
 database refused or a durable commit that failed.
 """
@@ -41,6 +41,10 @@ class OwnedTransactions:
     def claim(self, charge_point_id: str) -> None:
         self.release(charge_point_id)
         self._owned[charge_point_id] = {}
+
+    def connected(self, charge_point_id: str) -> bool:
+        """Claimed here and not released since."""
+        return charge_point_id in self._owned
 
     def release(self, charge_point_id: str) -> None:
         for transaction_id in self._owned.pop(charge_point_id, ()):

@@ -717,6 +717,30 @@ class Store:
             f"{TRANSACTION_SELECT} WHERE charge_point_id = ? AND connector_id = ? AND stopped_at IS NULL "
             "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, connector_id))]
 
+    # The reads a transaction handler awaits: levity/store_pg.py answers them off the event
+    # loop's thread in one round trip; here a local page lookup costs less than any hand-off.
+
+    async def start_lookup(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                           start_timestamp: str) -> tuple[Transaction | None, list[Transaction]]:
+        """What a StartTransaction decides on: the transaction an identical start already
+        started (identical_start), else the connector's open ones (open_on_connector)."""
+        first = self.identical_start(charge_point_id, connector_id, id_tag, meter_start, start_timestamp)
+        return first, [] if first is not None else self.open_on_connector(charge_point_id, connector_id)
+
+    async def load_transaction(self, transaction_id: int) -> Transaction | None:
+        """transaction(), awaited by a StopTransaction."""
+        return self.transaction(transaction_id)
+
+    async def load_station_transaction(self, charge_point_id: str, station_transaction_id: str,
+                                       may_start: bool = False) -> StationTransaction | None:
+        """station_transaction(), awaited by a TransactionEvent (may_start: a transaction may be
+        started next; the PostgreSQL store fetches its id in the same round trip)."""
+        return self.station_transaction(charge_point_id, station_transaction_id)
+
+    async def load_open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
+        """open_on_evse(), awaited by a TransactionEvent that starts a transaction."""
+        return self.open_on_evse(charge_point_id, evse_id)
+
     def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
         """The open 2.0.1 transactions of one EVSE (a station runs one transaction per EVSE)."""
         return [Transaction.from_row(row) for row in self._db.execute(

@@ -1,11 +1,13 @@
 """Levity's state in a shared PostgreSQL database: the public interface of levity/store.py's
 Store, for several instances behind a balancer (docs/scaling.md).
 
-Driver: psycopg 3. The Store interface is synchronous on purpose (a handler decides about a
-repeated StartTransaction by reading and writing without an await in between), and psycopg is
-the one well-kept driver with the same types in a blocking and an asyncio API: this module reads
-with its blocking connection on the event loop thread, levity/cluster.py uses its asyncio
-connection for LISTEN/NOTIFY.
+Driver: psycopg 3, the one well-kept driver with the same types in a blocking and an asyncio
+API. The Store interface is synchronous (the command line, the operator API's reads); the reads
+a transaction call decides on are awaited instead (start_lookup, load_transaction,
+load_station_transaction): reader threads with their own connections run them, so the event
+loop serves other chargers during the round trip. The handler holds its charge point's
+transaction lock from that read until its writes are committed, so nothing it decides on
+changes in between. levity/cluster.py uses psycopg's asyncio connection for LISTEN/NOTIFY.
 
 Writes never block the event loop, as on SQLite: they are queued, and what was queued during a
 turn of the loop is committed by one database transaction sent in pipeline mode (one round trip
@@ -18,9 +20,10 @@ A write the database refuses for good (a value out of its range) is applied alon
 counted, so it cannot hold back the others. An outage (writes failing, then working again) is
 reported once each way (levity/store_outage.py).
 
-Round trips on the hot path are few: a StartTransaction's repeat check, its connector's open
-transactions and a transaction id come in one; MeterValues and a stop's meter checks are answered
-from what this instance knows of the chargers connected to it (levity/owned_transactions.py).
+Round trips on the hot path are few and none blocks the event loop: a StartTransaction's repeat
+check, its connector's open transactions and a transaction id come in one awaited round trip, a
+StopTransaction's row in one; MeterValues and a stop's meter checks are answered from what this
+instance knows of the chargers connected to it (levity/owned_transactions.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -47,6 +51,7 @@ log = logging.getLogger("levity.store")
 
 RETRY_SECONDS = 1.0  # wait before a queued batch the database refused is tried again
 CONNECT_TIMEOUT_SECONDS = 5
+READER_THREADS = 2  # awaited reads in flight at once (each thread has its own connection)
 
 INSERT_METER_VALUE = (
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
@@ -57,6 +62,23 @@ IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s A
                    "AND id_tag = %s AND meter_start = %s ORDER BY id LIMIT 1")
 OPEN_ON_CONNECTOR = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND stopped_at IS NULL "
                      "AND abandoned_at IS NULL ORDER BY id")
+OPEN_ON_EVSE = (f"{SELECT} WHERE charge_point_id = %s AND evse_id = %s AND stopped_at IS NULL "
+                "AND abandoned_at IS NULL ORDER BY id")
+BY_ID = f"{SELECT} WHERE id = %s"
+BY_STATION_ID = f"{SELECT} WHERE charge_point_id = %s AND station_transaction_id = %s ORDER BY id LIMIT 1"
+NEXT_ID = "SELECT nextval('transaction_ids')"
+# A StartTransaction's decision in one statement (each statement costs the driver about 40 us of
+# CPU): the next transaction id (or NULL when one is kept), then the connector's transactions that
+# are identical to this start or still open, each flagged whether identical, in id order.
+TRANSACTION_COLUMNS = TRANSACTION_SELECT.removeprefix("SELECT ").removesuffix(" FROM transactions")
+IDENTICAL = "start_timestamp = %(timestamp)s AND id_tag = %(id_tag)s AND meter_start = %(meter_start)s"
+START_LOOKUP = (
+    "WITH next_id AS (SELECT {next_id} AS id) SELECT next_id.id, found.* FROM next_id LEFT JOIN ("
+    f"SELECT coalesce({IDENTICAL}, false) AS identical, {TRANSACTION_COLUMNS} FROM transactions "
+    f"WHERE charge_point_id = %(charge_point_id)s AND connector_id = %(connector_id)s AND ({IDENTICAL} "
+    "OR stopped_at IS NULL AND abandoned_at IS NULL)) found ON true ORDER BY found.id")
+START_LOOKUP_WITH_ID = START_LOOKUP.format(next_id="nextval('transaction_ids')")
+START_LOOKUP_ID_KEPT = START_LOOKUP.format(next_id="NULL::bigint")
 
 
 class _Batch:
@@ -112,11 +134,13 @@ class PostgresStore:
         self.reconnects = 0
         self.outage = OutageTracker("postgresql", self.name)  # the `ocpp.store` down/up events
         # Fewer round trips on the hot path: what this instance knows of its chargers'
-        # transactions, a transaction id fetched ahead, and the open transactions of the
-        # connector a StartTransaction is about, read with its repeat check (identical_start).
+        # transactions, and per charge point the id of its next transaction, fetched with the
+        # reads its start decides on (start_lookup) and used by start_transaction().
         self.owned = OwnedTransactions()
-        self._spare_id: int | None = None
-        self._prefetched_open: tuple[tuple[str, int], list[Transaction]] | None = None
+        self._next_ids: dict[str, int] = {}
+        self._reads: ThreadPoolExecutor | None = None  # the awaited reads' threads
+        self._reader = threading.local()  # each reader thread's connection
+        self._readers: list[psycopg.Connection] = []  # all of them, closed by close()
         try:
             self._db = self._connect()
             if check_schema:
@@ -160,6 +184,11 @@ class PostgresStore:
         if self._io is not None:
             self._io.shutdown(wait=True)  # a commit still running finishes first
             self._io = None
+        if self._reads is not None:
+            self._reads.shutdown(wait=True)
+            self._reads = None
+        for reader in self._readers:
+            reader.close()
         self._loop = None
         try:
             self._commit_now()
@@ -178,7 +207,6 @@ class PostgresStore:
                 "outages": self.outage.outages, "down": int(self.outage.down), "owned_hits": self.owned.hits}
 
     def _write(self, sql: str, params=(), key: int | None = None) -> None:
-        self._prefetched_open = None
         self._pending.writes.append((sql, params, False, key))
         self._schedule()
 
@@ -368,27 +396,74 @@ class PostgresStore:
                 pass
 
     def _read(self, sql: str, params=()) -> psycopg.Cursor:
-        """A query on the committed state (the reads' own connection; a transaction start or
-        stop is committed before its answer, so a charger's next call sees it)."""
-        return self._read_many((sql, params))[0]
-
-    def _read_many(self, *queries: tuple[str, Any]) -> list[psycopg.Cursor]:
-        """Several queries in one round trip."""
-        self._prefetched_open = None
+        """A query on the committed state on the event loop's connection (the command line and
+        the operator API; a transaction start or stop is committed before its answer, so a
+        charger's next call sees it)."""
         try:
-            db = self.connection()
-            if len(queries) == 1:
-                cursors = [db.execute(*queries[0])]
-            else:
-                with db.pipeline():
-                    cursors = [db.execute(sql, params) for sql, params in queries]
+            cursor = self.connection().execute(sql, params)
         except psycopg.Error as exc:
-            if isinstance(exc, psycopg.OperationalError):
-                self.outage.failed(describe(exc), self._pending.size())
-            raise StorageError(f"database {self.name}: {describe(exc)}") from exc
+            raise self._read_failed(exc) from exc
+        self._read_worked()
+        return cursor
+
+    def _read_failed(self, exc: psycopg.Error) -> StorageError:
+        if isinstance(exc, psycopg.OperationalError):
+            self.outage.failed(describe(exc), self._pending.size())
+        return StorageError(f"database {self.name}: {describe(exc)}")
+
+    def _read_worked(self) -> None:
         if self.outage.down and not self._pending and self._inflight is None:  # nothing waits: back
             self.outage.recovered(0)
-        return cursors
+
+    async def _read_async(self, *queries: tuple[str, Any]) -> list[list[tuple]]:
+        """Several queries in one round trip on a reader thread, awaited: the event loop serves
+        other chargers meanwhile. Their rows; StorageError when the database cannot answer."""
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="levity-pg-read")
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+        hand_off(loop, self._reads, self._fetch, queries,
+                 then=lambda outcome: answered.done() or answered.set_result(outcome))  # done: the caller left
+        outcome = await answered
+        if isinstance(outcome, psycopg.Error):
+            raise self._read_failed(outcome) from outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        rows, reconnected = outcome
+        if reconnected:
+            self.reconnects += 1
+            log.warning("database %s: a reader connected again", self.name)
+        self._read_worked()
+        return rows
+
+    def _fetch(self, queries) -> tuple[list[list[tuple]], bool] | psycopg.Error:
+        """On a reader thread: the rows of each query (pipelined when several), and whether
+        this thread had to connect again; or what the database said."""
+        try:
+            return self._fetch_rows(queries)
+        except psycopg.Error as exc:
+            return exc
+
+    def _fetch_rows(self, queries) -> tuple[list[list[tuple]], bool]:
+        db: psycopg.Connection | None = getattr(self._reader, "db", None)
+        reconnected = db is not None and (db.closed or db.broken)
+        if db is None or reconnected:
+            if reconnected and time.monotonic() < self._down_until:
+                raise psycopg.OperationalError("the database was unreachable moments ago")
+            try:
+                new = self._connect()
+            except psycopg.Error:
+                self._down_until = time.monotonic() + RETRY_SECONDS  # one failed connect per second
+                raise
+            if db is not None:
+                self._readers.remove(db)
+            db = self._reader.db = new
+            self._readers.append(db)
+        if len(queries) == 1:
+            return [db.execute(*queries[0]).fetchall()], reconnected
+        with db.pipeline():
+            cursors = [db.execute(sql, params) for sql, params in queries]
+        return [cursor.fetchall() for cursor in cursors], reconnected
 
     # Charge points -------------------------------------------------------------------------
 
@@ -471,9 +546,9 @@ class PostgresStore:
                           event_id: str | None = None) -> int:
         # The id from the shared sequence (unique across instances); the row goes with the
         # batch, which the caller commits before it answers.
-        transaction_id, self._spare_id = self._spare_id, None
+        transaction_id = self._next_ids.pop(charge_point_id, None)  # fetched by start_lookup()
         if transaction_id is None:
-            transaction_id = self._read("SELECT nextval('transaction_ids')").fetchone()[0]
+            transaction_id = self._read(NEXT_ID).fetchone()[0]
         self.owned.started(charge_point_id, transaction_id)
         self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
@@ -502,36 +577,66 @@ class PostgresStore:
     def transaction(self, transaction_id: int) -> Transaction | None:
         if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
             return None
-        row = self._read(f"{SELECT} WHERE id = %s", (transaction_id,)).fetchone()
+        row = self._read(BY_ID, (transaction_id,)).fetchone()
         return Transaction.from_row(row) if row else None
 
     def identical_start(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
                         start_timestamp: str) -> Transaction | None:
-        """As Store.identical_start. A StartTransaction asks this first, then open_on_connector()
-        and start_transaction() with no await in between: one round trip answers all three (the
-        transaction id is kept for the next start when this one is a repeat)."""
-        queries = [(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag, meter_start)),
-                   (OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
-        if self._spare_id is None:
-            queries.append(("SELECT nextval('transaction_ids')", ()))
-        identical, still_open, *next_id = self._read_many(*queries)
-        row = identical.fetchone()
-        if next_id:
-            self._spare_id = next_id[0].fetchone()[0]
-        self._prefetched_open = ((charge_point_id, connector_id),
-                                 [Transaction.from_row(r) for r in still_open.fetchall()])
+        row = self._read(IDENTICAL_START, (charge_point_id, connector_id, start_timestamp, id_tag,
+                                           meter_start)).fetchone()
         return Transaction.from_row(row) if row else None
 
     def open_on_connector(self, charge_point_id: str, connector_id: int) -> list[Transaction]:
-        prefetched, self._prefetched_open = self._prefetched_open, None
-        if prefetched is not None and prefetched[0] == (charge_point_id, connector_id):
-            return prefetched[1]
         return [Transaction.from_row(row) for row in self._read(OPEN_ON_CONNECTOR, (charge_point_id, connector_id))]
 
+    # The reads a transaction handler awaits (as in Store), each one round trip off the loop.
+
+    async def start_lookup(self, charge_point_id: str, connector_id: int, id_tag: str, meter_start: int,
+                           start_timestamp: str) -> tuple[Transaction | None, list[Transaction]]:
+        """As Store.start_lookup, with the id of the charger's next transaction in the same
+        statement (kept for its next start when this one is a repeat)."""
+        sql = START_LOOKUP_ID_KEPT if charge_point_id in self._next_ids else START_LOOKUP_WITH_ID
+        rows, = await self._read_async((sql, {
+            "charge_point_id": charge_point_id, "connector_id": connector_id, "timestamp": start_timestamp,
+            "id_tag": id_tag, "meter_start": meter_start}))
+        self._keep_next_id(charge_point_id, rows[0][0])
+        found = [(row[1], Transaction.from_row(row[2:])) for row in rows if row[2] is not None]
+        identical = [transaction for same, transaction in found if same]
+        if identical:
+            return identical[0], []
+        return None, [transaction for _, transaction in found]
+
+    async def load_transaction(self, transaction_id: int) -> Transaction | None:
+        if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
+            return None
+        rows, = await self._read_async((BY_ID, (transaction_id,)))
+        return Transaction.from_row(rows[0]) if rows else None
+
+    async def load_station_transaction(self, charge_point_id: str, station_transaction_id: str,
+                                       may_start: bool = False) -> StationTransaction | None:
+        extra = self._next_id_query(charge_point_id) if may_start else ()
+        rows, *next_id = await self._read_async((BY_STATION_ID, (charge_point_id, station_transaction_id)), *extra)
+        self._keep_next_id(charge_point_id, next_id[0][0][0] if next_id else None)
+        if not rows:
+            return None
+        transaction = Transaction.from_row(rows[0])
+        return StationTransaction(transaction, station_transaction_id, transaction.meter_start_known)
+
+    async def load_open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
+        rows, = await self._read_async((OPEN_ON_EVSE, (charge_point_id, evse_id)))
+        return [Transaction.from_row(row) for row in rows]
+
+    def _next_id_query(self, charge_point_id: str) -> tuple[tuple[str, tuple], ...]:
+        return () if charge_point_id in self._next_ids else ((NEXT_ID, ()),)
+
+    def _keep_next_id(self, charge_point_id: str, transaction_id: int | None) -> None:
+        """Only while the charger is connected here (claim_connection() and
+        release_connection() drop it: an id never used is a gap, never a duplicate)."""
+        if transaction_id is not None and self.owned.connected(charge_point_id):
+            self._next_ids.setdefault(charge_point_id, transaction_id)
+
     def open_on_evse(self, charge_point_id: str, evse_id: int) -> list[Transaction]:
-        return [Transaction.from_row(row) for row in self._read(
-            f"{SELECT} WHERE charge_point_id = %s AND evse_id = %s AND stopped_at IS NULL "
-            "AND abandoned_at IS NULL ORDER BY id", (charge_point_id, evse_id))]
+        return [Transaction.from_row(row) for row in self._read(OPEN_ON_EVSE, (charge_point_id, evse_id))]
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
@@ -682,12 +787,11 @@ class PostgresStore:
 
     def station_transaction(self, charge_point_id: str, station_transaction_id: str) -> StationTransaction | None:
         """As Store.station_transaction."""
-        row = self._read(
-            "SELECT id, meter_start_known FROM transactions WHERE charge_point_id = %s "
-            "AND station_transaction_id = %s ORDER BY id LIMIT 1", (charge_point_id, station_transaction_id)).fetchone()
+        row = self._read(BY_STATION_ID, (charge_point_id, station_transaction_id)).fetchone()
         if row is None:
             return None
-        return StationTransaction(self.transaction(row[0]), station_transaction_id, bool(row[1]))
+        transaction = Transaction.from_row(row)
+        return StationTransaction(transaction, station_transaction_id, transaction.meter_start_known)
 
     # Operator API tokens (only their hashes) ----------------------------------------------------
 
@@ -725,21 +829,23 @@ class PostgresStore:
         """Record that this instance now holds the charger's connection; the new generation.
         The notification tells the instance that held it before to close its stale one."""
         self.owned.release(charge_point_id)
-        db = self.connection()
-        with db.transaction():
-            generation = db.execute(
-                "INSERT INTO connection_owners (charge_point_id, instance_id, generation) "
-                "VALUES (%s, %s, nextval('connection_generations')) ON CONFLICT (charge_point_id) DO UPDATE SET "
-                "instance_id = excluded.instance_id, generation = excluded.generation, connected_at = now() "
-                "RETURNING generation", (charge_point_id, instance_id)).fetchone()[0]
-            db.execute("SELECT pg_notify('levity_connections', %s)",
-                       (json.dumps([charge_point_id, instance_id, generation]),))
+        self._next_ids.pop(charge_point_id, None)
+        # One statement, one round trip on the event loop (a reconnect storm makes thousands):
+        # the notification leaves when the claim commits, as levity/cluster.py reads it.
+        generation = self._read(
+            "WITH claimed AS (INSERT INTO connection_owners (charge_point_id, instance_id, generation) "
+            "VALUES (%(cp)s, %(instance)s, nextval('connection_generations')) ON CONFLICT (charge_point_id) "
+            "DO UPDATE SET instance_id = excluded.instance_id, generation = excluded.generation, "
+            "connected_at = now() RETURNING generation) "
+            "SELECT generation, pg_notify('levity_connections', json_build_array(%(cp)s::text, %(instance)s::text, "
+            "generation)::text) FROM claimed", {"cp": charge_point_id, "instance": instance_id}).fetchone()[0]
         self.owned.claim(charge_point_id)  # from now on its transactions change only here
         return generation
 
     def release_connection(self, charge_point_id: str) -> None:
         """This instance no longer holds the charger's connection: forget what it knew."""
         self.owned.release(charge_point_id)
+        self._next_ids.pop(charge_point_id, None)
 
 
 def describe(exc: psycopg.Error) -> str:

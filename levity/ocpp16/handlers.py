@@ -176,7 +176,7 @@ class ChargePoint(OcppChargePoint):
         store, events = self.ctx.store, self.ctx.events
         status = self.ctx.authorizer.status(id_tag)
         async with self.ctx.transaction_lock(self.id):
-            first = store.identical_start(self.id, connector_id, id_tag, meter_start, timestamp)
+            first, still_open = await store.start_lookup(self.id, connector_id, id_tag, meter_start, timestamp)
             if first is not None:
                 state = "open" if first.open else "stopped" if first.stopped else "closed as abandoned"
                 self.ctx.sink.emit(events.anomaly(
@@ -186,7 +186,6 @@ class ChargePoint(OcppChargePoint):
                 log.info("%s: repeated StartTransaction answered with transaction %d", self.id, first.id)
                 return call_result.StartTransaction(transaction_id=first.id, id_tag_info=IdTagInfo(status=status))
             now = _now()
-            still_open = store.open_on_connector(self.id, connector_id)
             event_id = new_event_id()
             transaction_id = store.start_transaction(
                 self.id, connector_id, id_tag, meter_start, timestamp, reservation_id, now, event_id=event_id)
@@ -218,7 +217,7 @@ class ChargePoint(OcppChargePoint):
         reason = reason or "Local"  # OCPP 1.6: an absent reason means Local
         id_tag_info = IdTagInfo(status=self.ctx.authorizer.status(id_tag)) if id_tag else None
         async with self.ctx.transaction_lock(self.id):
-            known = store.transaction(transaction_id)
+            known = await store.load_transaction(transaction_id)
             # Another charge point's, or a 2.0.1 one (its station never learnt Levity's id): unknown.
             if known is not None and (known.charge_point_id != self.id or known.ocpp_version != VERSION):
                 known = None

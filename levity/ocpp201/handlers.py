@@ -163,7 +163,7 @@ class ChargingStation:
         if remembered is not None:
             return remembered[0]
         async with self.ctx.transaction_lock(self.id):
-            known = self.ctx.store.station_transaction(self.id, station_id)
+            known = await self.ctx.store.load_station_transaction(self.id, station_id)
         if known is None:
             return None
         self.remember(station_id, known.transaction.id, None)
@@ -269,7 +269,7 @@ async def transaction_event(cs: ChargingStation, payload: dict) -> dict:
     # One decision at a time per station, from the committed state, released once committed
     # (CentralSystemContext.transaction_lock): a repeat is seen as one, on any connection.
     async with cs.ctx.transaction_lock(cs.id):
-        known = cs.ctx.store.station_transaction(cs.id, station_id)
+        known = await cs.ctx.store.load_station_transaction(cs.id, station_id, may_start=True)
         if kind == "Started":
             await _started(cs, payload, known)
         else:
@@ -296,7 +296,7 @@ async def _started(cs: ChargingStation, payload: dict, known: StationTransaction
         cs.id, station_id, evse.get("connectorId"), evse.get("id"), token.get("idToken"), meter_start, timestamp,
         now, event_id=event_id)
     new_start = {"id_tag": token.get("idToken"), "meter_start": meter_start, "timestamp": timestamp}
-    closed, abandoned = close_superseded(cs, evse.get("id"), transaction_id, new_start, now)
+    closed, abandoned = await close_superseded(cs, evse.get("id"), transaction_id, new_start, now)
 
     def undo() -> None:  # never answered: the resend is the first Started, not a repeat; nothing closed for it
         store.forget_transaction(transaction_id)
@@ -315,7 +315,7 @@ async def _started(cs: ChargingStation, payload: dict, known: StationTransaction
     cs.remember(station_id, transaction_id, meter_start)
 
 
-def close_superseded(cs: ChargingStation, evse_id: int | None, transaction_id: int, new_start: dict[str, Any],
+async def close_superseded(cs: ChargingStation, evse_id: int | None, transaction_id: int, new_start: dict[str, Any],
                      now: str) -> tuple[list[Transaction], list]:
     """The 1.6 abandoned-transaction rule (levity/transactions.py) on an EVSE: a new transaction
     there closes the open one without a stop. Queued with the new start (key transaction_id), so
@@ -326,7 +326,7 @@ def close_superseded(cs: ChargingStation, evse_id: int | None, transaction_id: i
     store, events = cs.ctx.store, cs.ctx.events
     closed = [store.close_abandoned(old.id, f"superseded by transaction {transaction_id}", now, new_event_id(),
                                     key=transaction_id)
-              for old in store.open_on_evse(cs.id, evse_id) if old.id != transaction_id]
+              for old in await store.load_open_on_evse(cs.id, evse_id) if old.id != transaction_id]
     abandoned = [abandoned_event(events, old, abandoned_detail(old, transaction_id, old.connector_id, new_start,
                                                                events.id_tags, place=f"EVSE {evse_id}"),
                                  superseded_by=transaction_id)
@@ -386,7 +386,7 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
         log.warning("%s: TransactionEvent Ended for unknown transaction %r accepted", cs.id, station_id)
         # A transaction Levity never saw started on that EVSE too: the open one there was abandoned.
         new_start = {"id_tag": token.get("idToken"), "meter_start": None, "timestamp": timestamp}
-        closed, abandoned = close_superseded(cs, evse.get("id"), transaction_id, new_start, now)
+        closed, abandoned = await close_superseded(cs, evse.get("id"), transaction_id, new_start, now)
         anomalies += abandoned
 
         def undo() -> None:  # never answered: no row, so the resend is not taken for a repeat
