@@ -66,6 +66,7 @@ class ForwardSink:
         self._pending: list[bytes] = []
         self._pack = msgpack.Packer().pack  # emit() runs on the event loop only: one Packer for all
         self._first_pending_at = 0.0
+        self._unwritten_bytes = 0  # pending and being written: not yet in spool.disk_bytes
         self._waiters: list[tuple[asyncio.Future, int]] = []  # durable events: (waiter, index in _pending)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writing = False  # a batch is on the spool thread; its end starts the next write
@@ -96,7 +97,11 @@ class ForwardSink:
 
     @property
     def accepting(self) -> bool:
-        return not self._closing and not self.spool.blocking
+        if self._closing or self.spool.blocking:
+            return False
+        # Block as soon as what waits to be written would fill the spool, not after its write:
+        # a busy charger adds a flush interval's worth of events meanwhile.
+        return self.spool.overflow != "block" or self.spool.disk_bytes + self._unwritten_bytes < self.spool.max_bytes
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
@@ -119,7 +124,9 @@ class ForwardSink:
                 self._drop_late()
                 return
             pending = self._pending
-            pending.append(encode_frame(event.tag, event.time_ns, event.record, self._pack))
+            frame = encode_frame(event.tag, event.time_ns, event.record, self._pack)
+            pending.append(frame)
+            self._unwritten_bytes += len(frame)
             if len(pending) >= self.batch_size:
                 self._flush()
             elif len(pending) == 1:
@@ -146,6 +153,7 @@ class ForwardSink:
         future = self._loop.create_future()  # a cancelled waiter only stops waiting: release skips it
         self._waiters.append((future, len(self._pending)))
         self._pending.append(frame)
+        self._unwritten_bytes += len(frame)
         if len(self._pending) == 1:
             self._first_pending_at = time.monotonic()
         self._flush()
@@ -232,6 +240,7 @@ class ForwardSink:
     def _batch_written(self, batch: list[bytes], waiters: list[tuple[asyncio.Future, int]],
                        outcome: tuple[int, Exception | None]) -> None:
         self._writing = False
+        self._unwritten_bytes -= sum(map(len, batch))
         written, error = outcome
         if error is None:
             if self._write_failing:
