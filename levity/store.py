@@ -319,8 +319,13 @@ class Store:
         self._db = _connect(path, WRITER_BUSY_TIMEOUT_MS)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
-        self._migrate()
-        self._migrate_transactions()
+        # Columns are added under the write lock: a worker and `levity charge-points` may open a
+        # new file at the same moment, and both would otherwise add the same column.
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._migrate()
+            self._migrate_transactions()
+        self._db.executescript(TRANSACTION_INDEXES)
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'transactions'").fetchone()
         self._last_transaction_id = row[0] if row else 0  # this store is the only writer of its ids
         self._group = _Group()
@@ -356,7 +361,6 @@ class Store:
         for name, declaration in TRANSACTION_COLUMNS.items():
             if name not in columns:
                 self._db.execute(f"ALTER TABLE transactions ADD COLUMN {name} {declaration}")
-        self._db.executescript(TRANSACTION_INDEXES)
 
     def close(self) -> None:
         """Commit what is queued (on the calling thread) and close. Called once the loop's work is done."""
