@@ -394,8 +394,8 @@ class Store:
         self._group.writes.append(_Write(sql, list(rows), many=True))
         self._schedule()
 
-    def _schedule(self, urgent: bool = False) -> None:
-        if self._scheduled and not (urgent and self._retry is not None):
+    def _schedule(self) -> None:
+        if self._scheduled:  # a commit is scheduled, running, or waits to be retried
             return
         try:
             loop = asyncio.get_running_loop()
@@ -431,11 +431,14 @@ class Store:
         StorageError if that commit failed, or if the write for transaction `key` was refused.
         then: called on the loop as the commit is reported, before the caller wakes (it must
         not raise): the next step starts one loop iteration sooner."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._group.waiters.append((future, key, then))
         self._group.durable = True
-        self._schedule(urgent=True)
-        if not self._running:  # nothing in flight: commit now; what arrives meanwhile forms the next group
+        # A commit in flight: its report starts the next group, this one. Else commit now (a
+        # retry that waits is cancelled); what arrives meanwhile forms the next group.
+        if not self._running:
+            self._loop, self._scheduled = loop, True
             self._commit_group()
         await future
 

@@ -216,25 +216,24 @@ class PostgresStore:
             self._pending.writes.append((sql, rows, True, None))
             self._schedule()
 
-    def _schedule(self, urgent: bool = False) -> None:
-        """A commit at the end of this loop turn (urgent: also while a failed one waits for
-        its retry). Without an event loop (command line tools) the caller commits."""
-        if self._scheduled and not (urgent and self._retry is not None):
+    def _schedule(self) -> None:
+        """A commit at the end of this loop turn, unless one is scheduled, running, or waits to be
+        retried. Without an event loop (command line tools) the caller commits."""
+        if self._scheduled:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
         self._scheduled = True
         self._loop = loop
         loop.call_soon(self._commit_batch)
 
     def _commit_batch(self) -> None:
         """Hand what is queued to the writer thread: the event loop never waits for a commit."""
-        self._retry = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._inflight is not None:
             return  # _committed() starts the next one
         batch, self._pending = self._pending, _Batch()
@@ -331,10 +330,13 @@ class PostgresStore:
         committed. StorageError when it could not be, or the write for transaction `key` was
         refused; then that transaction's own writes are dropped (its charger sends them again),
         as the SQLite store does, and the others stay queued. then: as in the SQLite store."""
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._pending.waiters.append((future, key, then))
-        self._schedule(urgent=True)
-        if self._inflight is None:  # nothing in flight: commit now; what arrives meanwhile forms the next batch
+        # A commit in flight: its report starts the next batch, this one. Else commit now (a
+        # retry that waits is cancelled); what arrives meanwhile forms the next batch.
+        if self._inflight is None:
+            self._loop, self._scheduled = loop, True
             self._commit_batch()
         await future
 

@@ -265,7 +265,7 @@ class ForwardSink:
         if self._waiters or self._closing or len(self._pending) >= self.batch_size or due <= time.monotonic():
             self._flush()
         else:
-            self._timer = self._loop.call_at(self._loop.time() + due - time.monotonic(), self._flush)
+            self._timer = self._loop.call_later(due - time.monotonic(), self._flush)
 
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
