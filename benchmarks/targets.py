@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,8 +46,32 @@ DEFAULT_TARGETS = ("levity", "levity-workers", "plain-ocpp", "echo")
 LEVITY_BENCH_ENV = {"LEVITY_MAX_CALLS_PER_SECOND": "1000000", "LEVITY_API_PORT": "0"}  # no operator API: parallel runs would share its port
 
 
+STACK_PORTS = range(24220, 24240)  # Fluentd's forward and monitoring ports, as the stack uses them
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on, outside the kernel's ephemeral range: a port the kernel picks
+    (bind to 0) can be taken by any outgoing connection before the server binds it, which made
+    `levity serve` fail with "Address already in use" about once per CI run."""
+    low, high = ephemeral_port_range()
+    candidates = [port for port in range(10000, 65536)
+                  if not low <= port <= high and port not in STACK_PORTS]
+    for port in random.sample(candidates, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # every candidate tried was in use: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -26,6 +25,8 @@ from pathlib import Path
 import pytest
 import websockets
 import yaml
+
+from tests.support.levity_process import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "examples" / "fluentd"
@@ -353,12 +354,6 @@ def test_compose_profile_matches_the_stack():
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ca_bundle_args() -> list[str]:

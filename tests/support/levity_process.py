@@ -13,16 +13,16 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.targets import free_port
+
 
 def api_env() -> dict[str, str]:
     """Settings that turn the operator API on, on a free port."""
     return {"LEVITY_API_PORT": str(free_port())}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class PortTaken(AssertionError):
+    """`levity serve` could not listen: another process took its port first."""
 
 
 class LevityProcess:
@@ -32,6 +32,7 @@ class LevityProcess:
                  stdout: int | None = None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        self.port_chosen_here = port is None  # a port taken meanwhile is replaced on start
         self.env = {
             "LEVITY_HOST": "127.0.0.1",
             "LEVITY_PORT": str(self.port),
@@ -69,7 +70,19 @@ class LevityProcess:
                               env={**environ, **self.env, **(env or {})}, capture_output=True, text=True, timeout=60)
 
     def start(self, timeout: float = 15.0) -> "LevityProcess":
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not self.port_chosen_here or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.env["LEVITY_PORT"] = str(self.port)
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "LevityProcess":
         self.starts += 1
+        logged_before = len(self.log())
         log = open(self.log_path, "a")
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("LEVITY_", "FLUENTD_"))}
         self.process = subprocess.Popen(
@@ -79,7 +92,11 @@ class LevityProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{self.log()}")
+                log = self.log()
+                if log[logged_before:].rstrip().endswith(
+                        f"cannot listen on 127.0.0.1:{self.port}: Address already in use"):
+                    raise PortTaken(log)
+                raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{log}")
             scheme = "https" if self.health_ssl else "http"
             try:
                 if self.proxy_local:
