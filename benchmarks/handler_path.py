@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from benchmarks.frames import BENCH_TIMESTAMP, ID_TAG, STATIC_PAYLOADS, TX_METER_VALUE
+from benchmarks.frames import ID_TAG, STATIC_PAYLOADS, TX_METER_VALUE
 
 REPO = Path(__file__).resolve().parent.parent
 TYPES = ("Heartbeat", "StatusNotification", "Authorize", "MeterValues", "BootNotification", "transaction")
@@ -42,14 +43,18 @@ def frames_of(kind: str, calls: int) -> list[str]:
     while len(frames) < calls:
         start = 10_000 + session * 7_500
         transaction_id = session + 1  # a fresh store numbers the transactions from 1
+        # Each session at its own minute, as a charger's sessions are: starts sharing one
+        # timestamp would all match the repeated-start lookup's index and make it a scan.
+        at = (datetime(2024, 1, 15, 10, tzinfo=timezone.utc) + timedelta(minutes=session)).strftime(
+            "%Y-%m-%dT%H:%M:%S.000Z")
         frames.append(f'[2,"s{session:09d}","StartTransaction",{{"connectorId":1,"idTag":"{ID_TAG}",'
-                      f'"meterStart":{start},"timestamp":"{BENCH_TIMESTAMP}"}}]')
+                      f'"meterStart":{start},"timestamp":"{at}"}}]')
         for k in (1, 2):
-            meter = TX_METER_VALUE % (BENCH_TIMESTAMP, start + k * 2_500)
+            meter = TX_METER_VALUE % (at, start + k * 2_500)
             frames.append(f'[2,"m{k}{session:08d}","MeterValues",{{"connectorId":1,"transactionId":{transaction_id},'
                           f'"meterValue":{meter}}}]')
         frames.append(f'[2,"t{session:09d}","StopTransaction",{{"transactionId":{transaction_id},"idTag":"{ID_TAG}",'
-                      f'"meterStop":{start + 7_500},"timestamp":"{BENCH_TIMESTAMP}","reason":"Local"}}]')
+                      f'"meterStop":{start + 7_500},"timestamp":"{at}","reason":"Local"}}]')
         session += 1
     return frames
 
@@ -80,6 +85,9 @@ def measure(calls: int) -> dict[str, float]:
             context = CentralSystemContext(store=store, sink=NullSink(), events=EventFactory(),
                                            authorizer=Authorizer(None), validator=validator)
             connection = RecordingConnection()
+            claim = getattr(store, "claim_connection", None)  # as the server does when a charger connects
+            if claim is not None:
+                claim("CP-BENCH")
             charge_point = ChargePoint("CP-BENCH", connection, context)
             frames = frames_of(kind, calls)
 
