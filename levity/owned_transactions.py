@@ -68,9 +68,10 @@ class OwnedTransactions:
         return entry
 
     def remember(self, charge_point_id: str, transaction_id: int, entry: Known) -> None:
-        """Kept only while the charger is connected here."""
+        """Kept only while the charger is connected here, and never under a charger other than
+        the one that holds it (a charger naming another's transaction id learns nothing)."""
         known = self._owned.get(charge_point_id)
-        if known is None:
+        if known is None or self._charger_of.get(transaction_id, charge_point_id) != charge_point_id:
             return
         self.forget(transaction_id)
         known[transaction_id] = entry

@@ -377,6 +377,8 @@ class CentralSystem:
             previous.connection.close(1000, "replaced by a newer connection")
         if self.cluster is not None:
             session.generation = self.cluster.claim(charge_point_id)
+        else:
+            self.store.claim_connection(charge_point_id)
 
         charge_point = handler_class(charge_point_id, connection, self.context)
         connection.on_message = charge_point.handle_frame
@@ -418,8 +420,7 @@ class CentralSystem:
     def _closed(self, session: Session) -> None:
         if self.sessions.get(session.charge_point_id) is session:
             del self.sessions[session.charge_point_id]
-            if self.cluster is not None:  # what the store kept about the charger while it was here
-                self.store.release_connection(session.charge_point_id)
+            self.store.release_connection(session.charge_point_id)  # what it kept while the charger was here
         connection = session.connection
         duration = round(time.monotonic() - session.connected_at, 3)
         self.sink.emit(self.events.make(

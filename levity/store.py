@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from levity.handoff import hand_off
+from levity.owned_transactions import Known, OwnedTransactions
 from levity.store_outage import OutageTracker
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,11 @@ class Store:
         self.writes_dropped = 0  # statements dropped because too many waited while commits failed
         self.last_error: str | None = None
         self.outage = OutageTracker("sqlite", path)  # the `ocpp.store` down/up events
+        # The transactions of the chargers connected to this process, for the reads the hot
+        # path makes per MeterValues and stop: a read on this connection right after the writer
+        # thread's commit costs about four times a cached one (SQLite drops the connection's
+        # page cache when another connection changed the file), and commits come every turn.
+        self.owned = OwnedTransactions()
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(charge_points)")}
@@ -382,7 +388,8 @@ class Store:
         group = self._group
         return {"commits": self.commits, "commit_failures": self.commit_failures,
                 "writes_refused": self.writes_refused, "writes_dropped": self.writes_dropped,
-                "pending_writes": group.size(), "outages": self.outage.outages, "down": int(self.outage.down)}
+                "pending_writes": group.size(), "outages": self.outage.outages, "down": int(self.outage.down),
+                "owned_hits": self.owned.hits}
 
     # Queueing ------------------------------------------------------------------------------
 
@@ -480,6 +487,8 @@ class Store:
         self._inflight = None
         self._scheduled = False
         refused_keys = {w.key for w, _ in outcome.refused if w.key is not None}
+        if outcome.refused:
+            self.owned.forget_all()  # what it knew may include a refused write
         for write, exc in outcome.refused:
             self.writes_refused += 1
             now = time.monotonic()
@@ -499,6 +508,7 @@ class Store:
                 if future.done():
                     continue
                 if key is not None and key in refused_keys:
+                    self.owned.forget(key)
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
                 else:
@@ -513,7 +523,9 @@ class Store:
                 log.error("database: commit failed: %s. Transaction starts and stops are answered with a "
                           "CALLERROR (the charger retries); other writes are kept and retried (logged again "
                           "when commits work)", outcome.error)
-            for future, _, _ in group.waiters:
+            for future, key, _ in group.waiters:
+                if key is not None:  # its charger is told to retry: its writes go
+                    self.owned.forget(key)
                 if not future.done():
                     future.set_exception(StorageError(f"database commit failed: {outcome.error}"))
             self._requeue(group)
@@ -544,6 +556,7 @@ class Store:
             del group.writes[:from_writes]
             del group.meter_rows[:excess - from_writes]
             group.reindex_registers()
+            self.owned.forget_all()  # it may know of dropped meter values
             if not self.writes_dropped:
                 log.error("database: more than %d writes wait for a commit; dropping the oldest (counted as "
                           "levity_store_writes_dropped)", MAX_PENDING_WRITES)
@@ -673,6 +686,7 @@ class Store:
         """Queue the start and return its id; the caller awaits commit_durable(id) before answering."""
         transaction_id = self._next_transaction_id()
         self._last_transaction_id = transaction_id  # never handed out again, even if this write fails
+        self.owned.started(charge_point_id, transaction_id)
         self._write(
             "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
             "reservation_id, created_at, start_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -684,11 +698,13 @@ class Store:
     def forget_transaction(self, transaction_id: int) -> None:
         """A committed start whose answer could not be given (its audit event failed): the
         charger sends it again and gets another id; this one is never issued."""
+        self.owned.forget(transaction_id)
         self._write("DELETE FROM transactions WHERE id = ? AND stopped_at IS NULL", (transaction_id,))
 
     def forget_stop(self, transaction_id: int, event_id: str) -> None:
         """A committed stop whose answer could not be given (its audit event failed): open again,
         so the charger's resend is its first stop (with its transaction_stop), not a repeat."""
+        self.owned.stopped(transaction_id, None)
         self._write("UPDATE transactions SET meter_stop = NULL, stop_timestamp = NULL, stop_reason = NULL, "
                     "stop_id_tag = NULL, stopped_at = NULL, stop_event_id = NULL, stop_request = NULL "
                     "WHERE id = ? AND stop_event_id = ?", (transaction_id, event_id))
@@ -758,6 +774,7 @@ class Store:
                          id_tag: str | None, now: str, event_id: str | None = None,
                          request: dict | None = None) -> None:
         """request: the stop's fields as the charger sent them, kept to describe a repeat."""
+        self.owned.stopped(transaction_id, meter_stop)
         self._write(
             "UPDATE transactions SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?, "
             "stopped_at = ?, stop_event_id = ?, stop_request = ? WHERE id = ?",
@@ -846,16 +863,26 @@ class Store:
 
     def meter_stop(self, charge_point_id: str, transaction_id: int) -> int | None:
         """The meterStop of a stopped transaction of this charge point (None otherwise); one
-        indexed lookup, as it runs for every MeterValues of a transaction."""
+        indexed lookup, as it runs for every MeterValues of a transaction; from memory for a
+        charger connected here once known."""
+        known = self.owned.get(charge_point_id, transaction_id)
+        if known is not None:
+            return known.meter_stop
         row = self._db.execute("SELECT meter_stop FROM transactions WHERE id = ? AND charge_point_id = ? "
                                "AND stopped_at IS NOT NULL", (transaction_id, charge_point_id)).fetchone()
-        return row[0] if row else None
+        meter_stop = row[0] if row else None
+        self.owned.remember(charge_point_id, transaction_id, Known(meter_stop=meter_stop))
+        return meter_stop
 
     def energy_registers(self, charge_point_id: str, transaction_id: int) -> list[tuple[str, str | None]]:
         """(value, unit) of every Energy.Active.Import.Register sampled for the transaction,
         including the rows not yet committed (queued, or in the commit running now): a stop's
         checks must see the meter values received before it. A row whose commit completes
-        during this call may be listed twice; callers look at the highest value only."""
+        during this call may be listed twice; callers look at the highest value only. From
+        memory for a transaction started here by a charger still connected here."""
+        known = self.owned.get(charge_point_id, transaction_id)
+        if known is not None and known.registers is not None:
+            return list(known.registers)
         committed = self._db.execute(
             "SELECT value, unit FROM meter_values WHERE transaction_id = ? AND charge_point_id = ? "
             "AND measurand = ?", (transaction_id, charge_point_id, ENERGY_REGISTER)).fetchall()
@@ -881,6 +908,23 @@ class Store:
         if rows:
             self._group.add_meter_rows(rows)
             self._schedule()
+            if transaction_id is not None:
+                self.owned.add_registers(charge_point_id, transaction_id,
+                                         [(row[5], row[6]) for row in rows if row[4] == ENERGY_REGISTER])
+
+    # The chargers connected to this process ----------------------------------------------------
+    # A charger's transactions change only through its own connection (and an operator's
+    # close as abandoned, which the stop reads from the database), so from its connection to
+    # its close this process may answer from memory what it wrote itself.
+
+    def claim_connection(self, charge_point_id: str, instance_id: str | None = None) -> int:
+        """As PostgresStore.claim_connection; one process holds a SQLite file's chargers, so
+        there is no generation to record (0)."""
+        self.owned.claim(charge_point_id)
+        return 0
+
+    def release_connection(self, charge_point_id: str) -> None:
+        self.owned.release(charge_point_id)
 
     # Operator API: read queries --------------------------------------------------------------
 

@@ -280,6 +280,30 @@ async def test_meter_readings_that_contradict_the_stop_are_kept_and_flagged(levi
     assert values == {"16.2", "15500"}, "readings are stored as sent"
 
 
+
+async def test_late_readings_are_flagged_from_memory_while_connected_and_from_the_database_after(levity, receiver):
+    """While the charger stays connected its transaction's stop and readings are known to this
+    process (levity_store_owned_hits counts the answers given from memory); after a reconnect
+    the same checks read the database and decide the same."""
+    server = levity(fluentd_env(receiver.port))
+    async with raw_charge_point(server.url, "CP-KNOWN") as cp:
+        tx = await boot_and_start(cp)
+        await cp.call("m", "MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [register("16000")]})
+        await cp.call("e", "StopTransaction", {**STOP, "transactionId": tx})
+        await cp.call("m2", "MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [register("15100")]})
+    hits = server.metrics()["levity_store_owned_hits"]
+    assert hits >= 2, "the stop's readings and the late reading's meterStop came from memory"
+    async with raw_charge_point(server.url, "CP-KNOWN") as cp:
+        await cp.call("m3", "MeterValues", {"connectorId": 1, "transactionId": tx, "meterValue": [register("15200")]})
+    assert server.metrics()["levity_store_owned_hits"] == hits, "a new connection starts from the database"
+    await settle(receiver, server)
+    [stop] = records(receiver, "transaction_stop")
+    above = records(receiver, "anomaly", "meter_value_above_stop", tx)
+    assert sorted(a["detail"].split()[1] for a in above) == ["15100", "15200", "16000"]
+    for anomaly in above:
+        assert_anomaly(anomaly, "meter_value_above_stop", tx, stop["event_id"])
+
+
 # Operators: open transactions, closing an abandoned one ---------------------------------------------
 
 def transactions_cli(server, *args: str) -> subprocess.CompletedProcess:
