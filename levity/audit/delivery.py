@@ -37,6 +37,7 @@ from levity.audit.failover import PROBE_INTERVAL, ServerPool
 from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch, endpoints_from_settings
 from levity.audit.sink import NotDurable, release_waiters, settled
 from levity.audit.spool import Spool, SpoolWriteError, encode_frame
+from levity.audit.write_failures import WriteFailures
 from levity.config import Settings
 from levity.handoff import hand_off
 
@@ -82,7 +83,7 @@ class ForwardSink:
         self._started = False
         self._closing = False
         self._failing_since: float | None = None
-        self._write_failing = False
+        self._write_failures = WriteFailures(log, "audit spool: writing works again")
         self._late_drops = 0
         # counters
         self.emitted = 0
@@ -243,18 +244,15 @@ class ForwardSink:
         self._unwritten_bytes -= sum(map(len, batch))
         written, error = outcome
         if error is None:
-            if self._write_failing:
-                self._write_failing = False
-                log.info("audit spool: writing works again")
+            self._write_failures.worked()
         else:
             durable = {index for _, index in waiters}
             lost = sum(1 for index in range(written, len(batch)) if index not in durable)
             self.spool.drops.dropped(lost, f"spool write failed: {error}")
-            if not self._write_failing:  # one line per failure episode, not per event
-                self._write_failing = True
-                log.error("audit spool: cannot write to %s: %s. Transaction calls are answered with a CALLERROR "
-                          "(the charger retries) and other events are counted as dropped until it works again "
-                          "(logged then)", self.settings.spool_dir, error)
+            self._write_failures.failed(
+                "audit spool: cannot write to %s: %s. Transaction calls are answered with a CALLERROR (the charger "
+                "retries) and other events are counted as dropped until it works again (logged then)",
+                self.settings.spool_dir, error)
         reason = f"spool write failed: {error}" if error else "spool full (overflow policy drop_newest)"
         self.durable_failed += release_waiters(waiters, written, error is None, reason)
         self._data.set()

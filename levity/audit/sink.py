@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Awaitable, Protocol
 
 from levity.audit.events import AuditEvent
+from levity.audit.write_failures import WriteFailures
 from levity.config import Settings
 from levity.handoff import hand_off
 
@@ -139,7 +140,7 @@ class JsonLinesSink:
         self._lines: list[bytes] = []
         self._waiters: list[tuple[asyncio.Future, int]] = []  # durable lines: (waiter, index in _lines)
         self._scheduled = False  # a write is scheduled or running
-        self._write_failing = False
+        self._write_failures = WriteFailures(log, "audit file: writing works again")
 
     @classmethod
     def to_file(cls, path: str) -> "JsonLinesSink":
@@ -203,16 +204,12 @@ class JsonLinesSink:
     def _written(self, lines: list[bytes], waiters: list[tuple[asyncio.Future, int]], written: int,
                  synced: bool, error: OSError | None) -> None:
         if error is None:
-            if self._write_failing:
-                self._write_failing = False
-                log.info("audit file: writing works again")
+            self._write_failures.worked()
         else:
             self._failed += len(lines) - written
-            if not self._write_failing:  # one line per failure episode, not per event
-                self._write_failing = True
-                log.error("audit file: cannot write events (%s). Transaction calls are answered with a CALLERROR "
-                          "(the charger retries) and other events are counted as dropped until it works again "
-                          "(logged then)", error)
+            self._write_failures.failed(
+                "audit file: cannot write events (%s). Transaction calls are answered with a CALLERROR (the charger "
+                "retries) and other events are counted as dropped until it works again (logged then)", error)
         self.durable_failed += release_waiters(waiters, written, synced, f"audit file: {error}")
         self._scheduled = False
         if self._lines:
