@@ -1,0 +1,124 @@
+"""A PostgreSQL group commit in few statements (levity/store_pg.py): the queued writes of one kind
+(status upserts, transaction starts, stops, meter rows ...) become ONE statement over column
+arrays, `... FROM unnest(%s::text[], %s::integer[], ...) AS v(charge_point_id, connector_id, ...)`,
+instead of one statement per write: each statement costs the driver and the server about as
+much as the rows it carries (docs/scaling.md, "Speed on PostgreSQL").
+
+The final rows are those the writes one by one would leave: a write moves only to the place
+of an earlier write of its kind with no write touching the same row between them (writes to
+other tables commute: the schema has no foreign keys or triggers), and a batch's upserts of one
+row keep the last one (`last_wins`: they set every column) or go in separate statements.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import psycopg
+
+_TABLE = re.compile(r"\s*(?:INSERT INTO|UPDATE|DELETE FROM)\s+(\w+)", re.IGNORECASE)
+
+
+@dataclass(eq=False)
+class Rows:
+    """A kind of write made of one row of values: `sql` with `{rows}` where the rows go as a
+    table v(column, ...) of `columns` ((name, PostgreSQL type), in the row's order)."""
+
+    sql: str
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]  # the columns naming the row of `table` a write changes
+    last_wins: bool = False  # a later write of one row replaces an earlier one (it sets every column)
+    table: str = field(init=False)
+    arrays: str = field(init=False)  # the statement, placeholders for one array per column
+    one_row: str = field(init=False)  # the statement for a single row, a placeholder per value
+    _key_at: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self):
+        self.table = _TABLE.match(self.sql).group(1)
+        names = ", ".join(name for name, _ in self.columns)
+        # Binary arrays: psycopg's text array dumper escapes each element with a regex.
+        arrays = ", ".join(f"%b::{sql_type}[]" for _, sql_type in self.columns)
+        self.arrays = self.sql.format(rows=f"unnest({arrays}) AS v({names})")
+        values = ", ".join(f"%s::{sql_type}" for _, sql_type in self.columns)
+        self.one_row = self.sql.format(rows=f"(VALUES ({values})) AS v({names})")
+        self._key_at = tuple([name for name, _ in self.columns].index(name) for name in self.key)
+
+    def key_of(self, row: tuple) -> tuple:
+        return tuple(row[i] for i in self._key_at)
+
+    def statement(self, rows: list[tuple]) -> tuple[str, list | tuple]:
+        """The statement and its parameters for these rows. One row goes as plain values: the
+        driver dumps an array element by element in Python, which costs more than a row's
+        values (benchmarks/bench_store.py --postgresql)."""
+        if len(rows) == 1:
+            return self.one_row, rows[0]
+        return self.arrays, [list(column) for column in zip(*rows)]
+
+
+class Write(NamedTuple):
+    """A queued write: a statement and its parameters, or a row of a kind (sql: Rows, params: the row)."""
+
+    sql: str | Rows
+    params: Any
+    many: bool = False  # params: the rows of an executemany
+    key: int | None = None  # the transaction it belongs to (its durable commit)
+
+    @property
+    def writes(self) -> tuple["Write", ...]:
+        return (self,)
+
+    def send(self, db: psycopg.Connection) -> None:
+        if isinstance(self.sql, Rows):
+            db.execute(*self.sql.statement([self.params]))
+        elif self.many:
+            db.cursor().executemany(self.sql, self.params)
+        else:
+            db.execute(self.sql, self.params)
+
+    def describe(self) -> str:
+        """The statement's first words, for a log line (never its values)."""
+        sql = self.sql.sql if isinstance(self.sql, Rows) else self.sql
+        return " ".join(sql.split()[:3])
+
+
+class Combined(NamedTuple):
+    """Writes of one kind sent as one statement."""
+
+    rows: Rows
+    writes: list[Write]
+
+    def send(self, db: psycopg.Connection) -> None:
+        rows = [write.params for write in self.writes]
+        if self.rows.last_wins:  # ON CONFLICT cannot change one row twice in a statement
+            rows = list({self.rows.key_of(row): row for row in rows}.values())
+        db.execute(*self.rows.statement(rows))
+
+
+def combine(writes: list[Write]) -> list[Write | Combined]:
+    """The writes as statements in an order that leaves the same rows, each kind of Rows
+    combined as far as that allows."""
+    statements: list[Write | Combined] = []
+    open_at: dict[Rows, int] = {}  # kind -> where its latest statement is
+    any_row_at: dict[str, int] = {}  # table -> the latest plain statement on it (it may touch any row)
+    row_at: dict[tuple, int] = {}  # (table, key) -> the latest statement on that row
+    for write in writes:
+        kind = write.sql
+        if not isinstance(kind, Rows):
+            statements.append(write)
+            any_row_at[_TABLE.match(kind).group(1)] = len(statements) - 1
+            continue
+        row = (kind.table, kind.key_of(write.params))
+        after = max(any_row_at.get(kind.table, -1), row_at.get(row, -1))  # it must stay behind these
+        at = open_at.get(kind)
+        if at is not None and (at > after or at == after and kind.last_wins):
+            joined = statements[at]
+            if isinstance(joined, Write):
+                joined = statements[at] = Combined(kind, [joined])
+            joined.writes.append(write)
+        else:
+            statements.append(write)
+            at = open_at[kind] = len(statements) - 1
+        row_at[row] = at
+    return statements
