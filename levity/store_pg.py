@@ -12,8 +12,8 @@ changes in between. levity/cluster.py uses psycopg's asyncio connection for LIST
 Writes never block the event loop, as on SQLite: they are queued, and what was queued during a
 turn of the loop is committed by one database transaction sent in pipeline mode (one round trip
 for hundreds of calls) on a writer thread with its own connection, each kind of write (status
-upserts, transaction starts, stops, meter rows, heartbeats ...) as one statement over column
-arrays (levity/store_rows.py): much of the driver's and the server's work is per statement. A
+upserts, transaction starts, stops, meter rows, heartbeats ...) as one statement over all its
+rows (levity/store_rows.py): much of the driver's and the server's work is per statement. A
 transaction start or stop is committed before the charger gets its answer (the handler awaits
 commit_durable()). Reads see the committed state; energy_registers() adds the meter values still
 queued, as the SQLite store does.

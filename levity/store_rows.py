@@ -1,8 +1,12 @@
 """A PostgreSQL group commit in few statements (levity/store_pg.py): the queued writes of one kind
-(status upserts, transaction starts, stops, meter rows ...) become ONE statement over column
-arrays, `... FROM unnest(%s::text[], %s::integer[], ...) AS v(charge_point_id, connector_id, ...)`,
-instead of one statement per write: each statement costs the driver and the server about as
-much as the rows it carries (docs/scaling.md, "Speed on PostgreSQL").
+(status upserts, transaction starts, stops, meter rows ...) become ONE statement over their rows
+instead of one statement per write, as much of the driver's and the server's work is per
+statement (docs/scaling.md, "Speed on PostgreSQL"). The rows go as one JSON array of arrays,
+read back as a table v(column, ...) with each value cast to its column's type:
+`... FROM (SELECT (r.v->>0)::text AS charge_point_id, (r.v->>1)::integer AS connector_id, ...
+FROM jsonb_array_elements(%s::jsonb) AS r(v)) AS v`. The json module encodes them in C; psycopg
+dumps an array parameter element by element in Python, which cost this process twice as much
+CPU per row (and the server no less: benchmarks/bench_store.py --postgresql).
 
 The final rows are those the writes one by one would leave: a write moves only to the place
 of an earlier write of its kind with no write touching the same row between them (writes to
@@ -12,6 +16,7 @@ row keep the last one (`last_wins`: they set every column) or go in separate sta
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -31,30 +36,31 @@ class Rows:
     key: tuple[str, ...]  # the columns naming the row of `table` a write changes
     last_wins: bool = False  # a later write of one row replaces an earlier one (it sets every column)
     table: str = field(init=False)
-    arrays: str = field(init=False)  # the statement, placeholders for one array per column
+    many_rows: str = field(init=False)  # the statement for rows as one JSON parameter
     one_row: str = field(init=False)  # the statement for a single row, a placeholder per value
     _key_at: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
         self.table = _TABLE.match(self.sql).group(1)
+        values = ", ".join(f"(r.v->>{i})::{sql_type} AS {name}" for i, (name, sql_type) in enumerate(self.columns))
+        self.many_rows = self.sql.format(rows=f"(SELECT {values} FROM jsonb_array_elements(%s::jsonb) AS r(v)) AS v")
         names = ", ".join(name for name, _ in self.columns)
-        # Binary arrays: psycopg's text array dumper escapes each element with a regex.
-        arrays = ", ".join(f"%b::{sql_type}[]" for _, sql_type in self.columns)
-        self.arrays = self.sql.format(rows=f"unnest({arrays}) AS v({names})")
-        values = ", ".join(f"%s::{sql_type}" for _, sql_type in self.columns)
-        self.one_row = self.sql.format(rows=f"(VALUES ({values})) AS v({names})")
+        placeholders = ", ".join(f"%s::{sql_type}" for _, sql_type in self.columns)
+        self.one_row = self.sql.format(rows=f"(VALUES ({placeholders})) AS v({names})")
         self._key_at = tuple([name for name, _ in self.columns].index(name) for name in self.key)
 
     def key_of(self, row: tuple) -> tuple:
         return tuple(row[i] for i in self._key_at)
 
-    def statement(self, rows: list[tuple]) -> tuple[str, list | tuple]:
-        """The statement and its parameters for these rows. One row goes as plain values: the
-        driver dumps an array element by element in Python, which costs more than a row's
-        values (benchmarks/bench_store.py --postgresql)."""
+    def statement(self, rows: list[tuple]) -> tuple[str, tuple]:
+        """The statement and its parameters for these rows (one row: its values, which costs
+        less than a JSON document to read back)."""
         if len(rows) == 1:
             return self.one_row, rows[0]
-        return self.arrays, [list(column) for column in zip(*rows)]
+        try:
+            return self.many_rows, (json.dumps(rows),)
+        except (TypeError, ValueError) as exc:  # as the driver refuses a value it cannot send: row by row then
+            raise psycopg.DataError(f"cannot send these rows as JSON: {exc}") from None
 
 
 class Write(NamedTuple):

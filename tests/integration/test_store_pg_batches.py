@@ -1,4 +1,4 @@
-"""A PostgreSQL group commit sends each kind of write as one statement over column arrays
+"""A PostgreSQL group commit sends each kind of write as one statement over all its rows
 (levity/store_rows.py): the rows it leaves are those of the writes one by one, as the SQLite
 store leaves them, and a row the database refuses is dropped alone."""
 
@@ -27,6 +27,9 @@ def one_batch(store) -> None:
     first = store.start_transaction("CP1", 1, "TAG", 100, NOW, None, NOW, event_id="e1")
     store.record_status("CP2", 1, "Preparing", "NoError", "info", None, NOW, NOW)
     second = store.start_transaction("CP2", 1, "TAG2", 5, NOW, 7, NOW, event_id="e2")
+    third = store.start_transaction("CP3", 1, "TAG", 0, NOW, None, NOW)
+    store.stop_transaction(third, 20, LATER, "EVDisconnected", None, LATER,
+                           request={"transaction_data": [{"sampled_value": [{"value": "20 \"Wh\""}]}]})
     store.add_meter_values("CP1", 1, first, [{"timestamp": NOW, "sampled_value": [{"value": "150", "unit": "Wh"}]}])
     store.stop_transaction(first, 400, LATER, "Local", "TAG", LATER, event_id="e3", request={"meter_stop": 400})
     store.record_status("CP1", 1, "Charging", "OtherError", None, "v-7", LATER, LATER)  # the later one stays
@@ -45,6 +48,7 @@ def state(store) -> dict:
         "connectors": store.connectors("CP1") + store.connectors("CP2"),
         "transactions": [{k: v for k, v in row.items() if k != "age_seconds"} for row in store.transactions()],
         "counts": [store.count(t) for t in ("charge_points", "connectors", "transactions", "meter_values")],
+        "stop_requests": [store.transaction(row["transaction_id"]).stop_request for row in store.transactions()],
     }
 
 
@@ -74,7 +78,8 @@ def test_a_combined_batch_leaves_the_rows_sqlite_leaves(tmp_path, database):
         assert [(p["registered"], p["vendor"], p["registration_status"]) for p in result["charge_points"]][0] == \
             (1, "V2", "Pending")
         assert [(t["charge_point_id"], t["meter_stop"]) for t in result["transactions"]] == \
-            [("CP1", 400), ("CP2", None)]
+            [("CP1", 400), ("CP3", 20), ("CP2", None)]
+        assert result["stop_requests"][1] == {"transaction_data": [{"sampled_value": [{"value": '20 "Wh"'}]}]}
     finally:
         sqlite.close()
         pg.close()
@@ -121,7 +126,7 @@ def test_a_refused_start_among_combined_starts_fails_only_its_own_commit(databas
 
 
 @pytest.mark.parametrize("value", ["text with 'quotes', \"double\", {braces}, back\\slash and ünïcode", ""])
-def test_values_that_array_syntax_would_need_escaped_arrive_unchanged(database, value):
+def test_values_that_json_and_array_syntax_escape_arrive_unchanged(database, value):
     store = PostgresStore(database)
     try:
         async def batch():

@@ -3,6 +3,9 @@ kind are combined only where no write on the same row lies between them."""
 
 from __future__ import annotations
 
+import psycopg
+import pytest
+
 from levity.store_pg import START_ROWS, STATUS_ROWS, STOP_ROWS
 from levity.store_rows import Combined, Write, combine
 
@@ -51,3 +54,12 @@ def test_statuses_of_one_connector_combine_last_one_wins_other_tables_unaffected
     assert [w.params[2] for w in combined.writes] == ["Available", "Faulted", "Charging"]
     deduplicated = {STATUS_ROWS.key_of(w.params): w.params[2] for w in combined.writes}
     assert deduplicated == {("CP", 1): "Charging", ("CP", 2): "Faulted"}
+
+
+def test_rows_json_cannot_carry_are_refused_as_the_driver_refuses_a_value():
+    rows = [("CP", 1, "Available", "NoError", None, None, "t", "now"),
+            ("CP", 2, object(), "NoError", None, None, "t", "now")]
+    with pytest.raises(psycopg.DataError, match="cannot send these rows"):
+        STATUS_ROWS.statement(rows)
+    sql, params = STATUS_ROWS.statement(rows[:1])  # one row: its values, as a plain statement
+    assert "VALUES" in sql and params == rows[0]
