@@ -11,10 +11,11 @@ and the mean wait for their commit, one at a time and with many chargers at once
 heartbeats/s through the same store (they never wait for a commit). Numbers only, no verdict.
 
 --postgresql starts a PostgreSQL server in a temporary directory (as the tests do, fsync off)
-and commits batches shaped like one loop turn of benchmarks/bench.py's mix with 200 chargers
-(10 status notifications, 20 meter rows, 10 heartbeats, 3 transaction starts and 3 stops)
-through the real PostgresStore, one batch at a time; it prints the CPU time per write of this
-process (the event loop queueing, the writer thread sending) and of the PostgreSQL server.
+and commits batches through the real PostgresStore, one batch at a time, of two shapes: one
+loop turn of benchmarks/bench.py's mix with 200 chargers (10 status notifications, 20 meter
+rows, 10 heartbeats, 3 transaction starts and 3 stops), and a transaction start with a status
+(what a start's commit carries when little else is queued); it prints the CPU time per write of
+this process (the event loop queueing, the writer thread sending) and of the PostgreSQL server.
 Run it with PYTHONPATH=<another checkout> to compare two versions of the store.
 """
 
@@ -82,8 +83,37 @@ async def run(directory: Path, count: int, concurrency: int) -> None:
     store.close()
 
 
-async def postgres_batches(url: str, batches: int) -> tuple[int, float, float, float, float]:
-    """Batches of one loop turn's writes, each committed before the next: how many writes, the
+def loop_turn(store, b: int) -> int:
+    """One loop turn's writes with 200 chargers on bench.py's mix; how many."""
+    for n in range(10):
+        cp = f"CP{(b * 10 + n) % 200}"
+        store.record_status(cp, 1, "Charging", "NoError", None, None, "2024-01-15T10:00:00Z", "now")
+        store.record_heartbeat(cp, "now")
+        store.add_meter_values(cp, 1, None, [{"timestamp": "2024-01-15T10:00:00Z", "sampled_value": [
+            {"value": str(b), "unit": "Wh"}, {"value": "16", "measurand": "Current.Import", "unit": "A"}]}])
+    for n in range(3):
+        cp = f"CP{(b * 3 + n) % 200}"
+        store._next_ids[cp] = b * 3 + n + 1  # the id a start's read fetched (the bench makes no reads)
+        started = store.start_transaction(cp, 1, "TAG", 0, "2024-01-15T10:00:00Z", None, "now")
+        if started > 3:
+            store.stop_transaction(started - 3, 100, "2024-01-15T11:00:00Z", "Local", "TAG", "now")
+    return 10 + 20 + 10 + 3 + 3
+
+
+def start_and_status(store, b: int) -> int:
+    """What a transaction start commits when little else is queued: its row and a status."""
+    cp = f"CP{b % 200}"
+    store._next_ids[cp] = b + 1
+    store.start_transaction(cp, 1, "TAG", 0, "2024-01-15T10:00:00Z", None, "now")
+    store.record_status(cp, 1, "Charging", "NoError", None, None, "2024-01-15T10:00:00Z", "now")
+    return 2
+
+
+SHAPES = {"turn": (loop_turn, "46 writes (a loop turn's)"), "start": (start_and_status, "2 writes (a start, a status)")}
+
+
+async def postgres_batches(url: str, batches: int, shape) -> tuple[int, float, float, float, float]:
+    """Batches of one shape, each committed before the next: how many writes, the
     seconds they took, and the CPU seconds of this process, of its writer thread sending the
     batches, and of the server's backend that committed them (psutil: read before the
     connection closes)."""
@@ -108,19 +138,7 @@ async def postgres_batches(url: str, batches: int) -> tuple[int, float, float, f
     began, cpu0, backend0 = time.perf_counter(), time.process_time(), sum(backend.cpu_times()[:2])
     try:
         for b in range(batches):
-            for n in range(10):
-                cp = f"CP{(b * 10 + n) % 200}"
-                store.record_status(cp, 1, "Charging", "NoError", None, None, "2024-01-15T10:00:00Z", "now")
-                store.record_heartbeat(cp, "now")
-                store.add_meter_values(cp, 1, None, [{"timestamp": "2024-01-15T10:00:00Z", "sampled_value": [
-                    {"value": str(b), "unit": "Wh"}, {"value": "16", "measurand": "Current.Import", "unit": "A"}]}])
-            for n in range(3):
-                cp = f"CP{(b * 3 + n) % 200}"
-                store._next_ids[cp] = b * 3 + n + 1  # the id a start's read fetched (the bench makes no reads)
-                started = store.start_transaction(cp, 1, "TAG", 0, "2024-01-15T10:00:00Z", None, "now")
-                if started > 3:
-                    store.stop_transaction(started - 3, 100, "2024-01-15T11:00:00Z", "Local", "TAG", "now")
-            writes += 10 + 20 + 10 + 3 + 3
+            writes += shape(store, b)
             await store.commit_durable()
         return (writes, time.perf_counter() - began, time.process_time() - cpu0, writer_cpu[0],
                 sum(backend.cpu_times()[:2]) - backend0)
@@ -137,10 +155,12 @@ def postgresql(batches: int) -> None:
         raise SystemExit(f"bench_store: {reason}")
     server = PostgresServer().start()
     try:
-        writes, elapsed, cpu, writer, database = asyncio.run(postgres_batches(fresh_database(server), batches))
-        print(f"{batches} batches of 46 writes on PostgreSQL in {elapsed:.2f} s ({writes / elapsed:,.0f} writes/s); "
-              f"CPU per write: this process {cpu / writes * 1e6:.1f} us (its writer thread "
-              f"{writer / writes * 1e6:.1f} us), the server {database / writes * 1e6:.1f} us")
+        for shape, what in SHAPES.values():
+            writes, elapsed, cpu, writer, database = asyncio.run(postgres_batches(fresh_database(server), batches,
+                                                                                  shape))
+            print(f"{batches} batches of {what} on PostgreSQL in {elapsed:.2f} s ({writes / elapsed:,.0f} writes/s); "
+                  f"CPU per write: this process {cpu / writes * 1e6:.1f} us (its writer thread "
+                  f"{writer / writes * 1e6:.1f} us), the server {database / writes * 1e6:.1f} us")
     finally:
         server.stop()
 

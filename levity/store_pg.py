@@ -50,7 +50,7 @@ from levity.store import (TRANSACTION_SELECT, StationTransaction, StorageError, 
                           _operator_view)
 from levity.owned_transactions import Known, OwnedTransactions
 from levity.store_outage import OutageTracker
-from levity.store_rows import Combined, Rows, Write, combine
+from levity.store_rows import Combined, Rows, Write, combine, one_statement
 
 log = logging.getLogger("levity.store")
 
@@ -403,11 +403,17 @@ class PostgresStore:
             if self._writer is not None and (self._writer.closed or self._writer.broken):
                 reconnected = True
             db = self._writer_connection()
-            with db.pipeline():
-                db.execute("BEGIN")
-                for statement in statements:
-                    statement.send(db)
-                db.execute("COMMIT")
+            merged = one_statement(statements) if statements else None  # none: still a round trip
+            if merged is not None:
+                # One statement is a transaction of its own (autocommit): without BEGIN and COMMIT
+                # in pipeline mode it costs the driver and the server a third as much.
+                db.execute(*merged)
+            else:
+                with db.pipeline():
+                    db.execute("BEGIN")
+                    for statement in statements:
+                        statement.send(db)
+                    db.execute("COMMIT")
             return _Outcome(None, [], set(), reconnected)
         except psycopg.OperationalError as exc:
             self._rollback()

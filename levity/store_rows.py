@@ -75,13 +75,18 @@ class Write(NamedTuple):
     def writes(self) -> tuple["Write", ...]:
         return (self,)
 
+    @property
+    def table(self) -> str:
+        return self.sql.table if isinstance(self.sql, Rows) else _TABLE.match(self.sql).group(1)
+
+    def statement(self) -> tuple[str, Any]:
+        return self.sql.statement([self.params]) if isinstance(self.sql, Rows) else (self.sql, self.params)
+
     def send(self, db: psycopg.Connection) -> None:
-        if isinstance(self.sql, Rows):
-            db.execute(*self.sql.statement([self.params]))
-        elif self.many:
+        if self.many:
             db.cursor().executemany(self.sql, self.params)
         else:
-            db.execute(self.sql, self.params)
+            db.execute(*self.statement())
 
     def describe(self) -> str:
         """The statement's first words, for a log line (never its values)."""
@@ -94,12 +99,42 @@ class Combined(NamedTuple):
 
     rows: Rows
     writes: list[Write]
+    many = False  # one statement (autocommit keeps it one transaction)
 
-    def send(self, db: psycopg.Connection) -> None:
+    @property
+    def table(self) -> str:
+        return self.rows.table
+
+    def statement(self) -> tuple[str, Any]:
         rows = [write.params for write in self.writes]
         if self.rows.last_wins:  # ON CONFLICT cannot change one row twice in a statement
             rows = list({self.rows.key_of(row): row for row in rows}.values())
-        db.execute(*self.rows.statement(rows))
+        return self.rows.statement(rows)
+
+    def send(self, db: psycopg.Connection) -> None:
+        db.execute(*self.statement())
+
+
+def one_statement(statements: list[Write | Combined]) -> tuple[str, list] | None:
+    """The statements as one, each but the last a data-modifying WITH query, when each changes a
+    table of its own: they all see the state before the statement, which is what they would
+    see one after another, as none reads a table another changes. A batch in one statement
+    needs no BEGIN and COMMIT either (autocommit makes it one transaction). None when they
+    cannot be one (two change one table, an executemany)."""
+    tables = {statement.table for statement in statements}
+    if len(tables) < len(statements) or any(statement.many for statement in statements):
+        return None
+    texts, params = [], []
+    for statement in statements:
+        sql, values = statement.statement()
+        if not isinstance(values, (tuple, list)):
+            return None  # named parameters: not merged
+        texts.append(sql)
+        params.extend(values)
+    *queries, last = texts
+    if not queries:
+        return last, params
+    return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(queries)) + " " + last, params
 
 
 def combine(writes: list[Write]) -> list[Write | Combined]:

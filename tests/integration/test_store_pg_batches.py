@@ -11,7 +11,7 @@ import pytest
 
 from levity.store import StorageError, Store
 from levity.store_pg import PostgresStore
-from levity.store_rows import Combined
+from levity.store_rows import Combined, one_statement
 
 NOW = "2024-01-15T10:00:00Z"
 LATER = "2024-01-15T10:05:00Z"
@@ -138,3 +138,40 @@ def test_values_that_json_and_array_syntax_escape_arrive_unchanged(database, val
         assert [(c["status"], c["info"]) for c in store.connectors("CP1")] == [(value, value)] * 2
     finally:
         store.close()
+
+
+def other_tables_batch(store) -> None:
+    """A batch whose kinds of write each change a table of their own: sent as one statement."""
+    store.record_status("CP1", 1, "Preparing", "NoError", None, None, NOW, NOW)
+    store.start_transaction("CP1", 1, "TAG", 10, NOW, None, NOW, event_id="e1")
+    store.record_status("CP1", 1, "Charging", "NoError", None, None, LATER, LATER)
+    store.start_transaction("CP2", 1, "TAG", 20, NOW, None, NOW, event_id="e2")
+    store.add_meter_values("CP1", 1, 1, [{"timestamp": NOW, "sampled_value": [{"value": "15"}, {"value": "16"}]}])
+    store.record_heartbeat("CP1", LATER)
+
+
+def test_a_batch_of_one_write_kind_per_table_is_one_statement_with_the_same_rows(tmp_path, database):
+    sqlite, pg = Store(str(tmp_path / "levity.db")), PostgresStore(database)
+    try:
+        sqlite.register(["CP1"], NOW)
+        pg.register(["CP1"], NOW)
+        sqlite.commit()
+        pg.commit()
+
+        async def batch(store):
+            other_tables_batch(store)
+            statements = store._pending.statements() if store is pg else None
+            await store.commit_durable()
+            return statements
+
+        statements = asyncio.run(batch(pg))
+        asyncio.run(batch(sqlite))
+        merged = one_statement(statements)
+        assert merged is not None and merged[0].startswith("WITH ") and pg.writes_refused == 0
+        assert state(pg) == state(sqlite)
+        assert pg.charge_point("CP1")["last_heartbeat"] == LATER
+        assert [c["status"] for c in pg.connectors("CP1")] == ["Charging"]
+        assert pg.count("meter_values") == 2 and pg.count("transactions") == 2
+    finally:
+        sqlite.close()
+        pg.close()

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from levity.store_pg import START_ROWS, STATUS_ROWS, STOP_ROWS
-from levity.store_rows import Combined, Write, combine
+from levity.store_rows import Combined, Write, combine, one_statement
 
 
 def start(transaction_id: int) -> Write:
@@ -63,3 +63,12 @@ def test_rows_json_cannot_carry_are_refused_as_the_driver_refuses_a_value():
         STATUS_ROWS.statement(rows)
     sql, params = STATUS_ROWS.statement(rows[:1])  # one row: its values, as a plain statement
     assert "VALUES" in sql and params == rows[0]
+
+
+def test_statements_on_tables_of_their_own_become_one_and_never_two_on_one_table():
+    status = Write(STATUS_ROWS, ("CP", 1, "Available", "NoError", None, None, "t", "now"))
+    sql, params = one_statement([start(1), status])
+    assert sql.startswith("WITH w0 AS (INSERT INTO transactions") and "INSERT INTO connectors" in sql
+    assert params == [*start(1).params, *status.params]
+    assert one_statement([start(1), stop(2)]) is None  # one table: the stop would not see the start
+    assert one_statement([Write("UPDATE charge_points SET registered = 0 WHERE id = %s", [("CP",)], many=True)]) is None
