@@ -3,6 +3,7 @@
     python -m benchmarks.bench_cluster                  # both measurements, defaults below
     python -m benchmarks.bench_cluster --chargers 1000 --duration 10
     python -m benchmarks.bench_cluster --failover-only --failover-chargers 10000 --failover-instances 3
+    python -m benchmarks.bench_cluster --failover-chargers 0 --previous-tree DIR   # before/after
 
 1. Calls/s of one Levity process (one worker) on SQLite and on PostgreSQL, the same load client
    and mix (benchmarks/bench.py with LEVITY_DATABASE switched), interleaved (SQLite, PostgreSQL,
@@ -11,7 +12,11 @@
    run also the CPU time per call: of the Levity process (its CPU time in the measured window /
    calls) and of the PostgreSQL server (its processes' CPU time over the whole run, warm-up
    included / calls), which on a small machine is what limits the ratio; and the p99 latency,
-   of all calls and per call type.
+   of all calls and per call type. Of the Levity process's CPU, the part of its other threads
+   (the store's writer and readers, the audit emitter: all but each process's main thread,
+   the event loop), from their CPU times read every quarter second until the run ends.
+   --previous-tree DIR adds a PostgreSQL run of another checkout's Levity (e.g. `git archive
+   main | tar -x -C DIR`) to each round, right after this one's: a before/after in one session.
 2. Failover: N chargers booted on instance A of several sharing a PostgreSQL; A is killed
    (SIGKILL); every charger reconnects to one of the others (chosen by a hash of its id, as the
    balancer's consistent hashing spreads them) and sends BootNotification. Prints the seconds
@@ -29,10 +34,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import resource
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -51,6 +58,7 @@ BOOT = json.dumps([2, "boot", "BootNotification", {"chargePointVendor": "Bench",
 class Run(NamedTuple):
     calls_per_second: float
     server_cpu_us_per_call: float  # the Levity process, in the measured window
+    other_threads_us_per_call: float | None  # of that, the part of its threads besides the event loop
     database_cpu_us_per_call: float | None  # the PostgreSQL server, over the whole run
     p99_ms: float | None  # all calls
     p99_ms_by_action: dict[str, float | None]  # per call type
@@ -70,21 +78,53 @@ def database_cpu_seconds(server: PostgresServer) -> float:
     return total
 
 
+class ThreadSplit(threading.Thread):
+    """Reads the CPU times of the threads of Levity's processes (children of this process
+    running `levity ... serve`) every quarter second until stopped: the last reading of each
+    thread, split into main threads (the event loops) and the others."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stopped = threading.Event()
+        self.last: dict[tuple[int, int], tuple[bool, float]] = {}  # (pid, tid) -> (main thread, CPU s)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.25):
+            for process in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if "serve" in process.cmdline():
+                        for thread in process.threads():
+                            self.last[(process.pid, thread.id)] = (thread.id == process.pid,
+                                                                   thread.user_time + thread.system_time)
+
+    def other_share(self) -> float | None:
+        self.stopped.set()
+        self.join()
+        total = sum(cpu for _, cpu in self.last.values())
+        return sum(cpu for main, cpu in self.last.values() if not main) / total if total else None
+
+
 def load_run(database: str | None, chargers: int, duration: float, out: Path,
-             server: PostgresServer | None = None) -> Run:
+             server: PostgresServer | None = None, tree: Path | None = None) -> Run:
     report = out / f"bench-{'pg' if database else 'sqlite'}.json"
     argv = ["--targets", "levity", "--chargers", str(chargers), "--duration", str(duration), "--warmup", "2",
             "--clients", "1", "--json", str(report), "--quiet", "--levity-env", "LEVITY_WORKERS=1"]
     if database:
         argv += ["--levity-env", f"LEVITY_DATABASE={database}"]
+    if tree is not None:
+        argv += ["--levity-tree", str(tree)]
     database_cpu0 = database_cpu_seconds(server) if server else 0.0
+    threads = ThreadSplit()
+    threads.start()
     if bench.main(argv) != 0:
         raise SystemExit("the load bench failed")
+    other_share = threads.other_share()
     database_cpu = database_cpu_seconds(server) - database_cpu0 if server else None
     result = json.loads(report.read_text())["results"][0]
     calls = result["calls"] or 1
     server_cpu_seconds = result["server_cpu_percent"] / 100 * result["window_seconds"]
-    return Run(result["calls_per_second"], server_cpu_seconds / calls * 1e6,
+    server_cpu_us = server_cpu_seconds / calls * 1e6
+    return Run(result["calls_per_second"], server_cpu_us, server_cpu_us * other_share if other_share else None,
                database_cpu / calls * 1e6 if database_cpu is not None else None, result["latency_ms"]["p99"],
                {action: figures["p99"] for action, figures in result["per_action"].items()},
                result["errors"] + result["timeouts"])
@@ -99,26 +139,38 @@ def fresh_database(server: PostgresServer) -> str:
     return database
 
 
-def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path) -> None:
-    """SQLite and PostgreSQL runs interleaved; one line per run, then the medians."""
-    runs: dict[str, list[Run]] = {"SQLite": [], "PostgreSQL": []}
+def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path,
+            previous: Path | None = None) -> None:
+    """SQLite and PostgreSQL runs interleaved (and the previous Levity's PostgreSQL run); one
+    line per run, then the medians. Also prints the machine's load average before each round."""
+    stores = {"SQLite": None, "PostgreSQL": "now"}
+    if previous is not None:
+        stores["PostgreSQL, previous"] = "previous"
+    runs: dict[str, list[Run]] = {name: [] for name in stores}
     print(f"calls/s, one process, {chargers} chargers, {duration:.0f} s per run, {rounds} round(s):")
-    print(f"{'store':<12}{'calls/s':>10}{'Levity CPU us/call':>20}{'PostgreSQL CPU us/call':>24}{'p99 ms':>8}"
-          f"{'errors':>8}  p99 ms by call type")
+    print(f"{'store':<22}{'calls/s':>10}{'Levity CPU us/call':>20}{'of it other threads':>21}"
+          f"{'PostgreSQL CPU us/call':>24}{'p99 ms':>8}{'errors':>8}  p99 ms by call type")
     for _ in range(rounds):
-        for name, url in (("SQLite", None), ("PostgreSQL", fresh_database(server))):
-            run = load_run(url, chargers, duration, out, server if url else None)
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        for name, which in stores.items():
+            url = fresh_database(server) if which else None
+            run = load_run(url, chargers, duration, out, server if url else None,
+                           previous if which == "previous" else None)
             runs[name].append(run)
             database_cpu = f"{run.database_cpu_us_per_call:,.0f}" if run.database_cpu_us_per_call is not None else "-"
+            other = f"{run.other_threads_us_per_call:,.0f}" if run.other_threads_us_per_call is not None else "-"
             by_action = "  ".join(f"{action} {p99}" for action, p99 in run.p99_ms_by_action.items())
-            print(f"{name:<12}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{database_cpu:>24}"
-                  f"{run.p99_ms or 0:>8.1f}{run.errors:>8}  {by_action}")
-    sqlite, pg = (statistics.median(r.calls_per_second for r in runs[name]) for name in runs)
-    sqlite_cpu, pg_cpu = (statistics.median(r.server_cpu_us_per_call for r in runs[name]) for name in runs)
-    sqlite_p99, pg_p99 = (statistics.median(r.p99_ms or 0 for r in runs[name]) for name in runs)
-    print(f"median: SQLite {sqlite:,.0f}  PostgreSQL {pg:,.0f} calls/s ({100 * pg / sqlite:.0f}% of SQLite); "
-          f"Levity CPU per call SQLite {sqlite_cpu:,.0f} us, PostgreSQL {pg_cpu:,.0f} us; "
-          f"p99 SQLite {sqlite_p99:.1f} ms, PostgreSQL {pg_p99:.1f} ms")
+            print(f"{name:<22}{run.calls_per_second:>10,.0f}{run.server_cpu_us_per_call:>20,.0f}{other:>21}"
+                  f"{database_cpu:>24}{run.p99_ms or 0:>8.1f}{run.errors:>8}  {by_action}")
+    median = {name: Run(*(statistics.median(getattr(r, field) or 0 for r in runs[name])
+                          if field != "p99_ms_by_action" else {} for field in Run._fields)) for name in runs}
+    sqlite = median["SQLite"]
+    for name, run in median.items():
+        ratio = 100 * run.calls_per_second / sqlite.calls_per_second
+        print(f"median {name}: {run.calls_per_second:,.0f} calls/s ({ratio:.0f}% of SQLite), Levity CPU per call "
+              f"{run.server_cpu_us_per_call:,.0f} us (other threads {run.other_threads_us_per_call:,.0f} us), "
+              f"PostgreSQL server {run.database_cpu_us_per_call:,.0f} us, "
+              f"p99 {run.p99_ms:.1f} ms")
 
 
 async def boot_all(url, names: list[str], concurrency: int = 200) -> list:
@@ -187,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failover-instances", type=int, default=2,
                         help="instances on the database; the killed one's chargers spread over the others")
     parser.add_argument("--failover-only", action="store_true", help="skip the calls/s comparison")
+    parser.add_argument("--previous-tree", type=Path, metavar="DIR",
+                        help="also run PostgreSQL with the Levity of this source tree, each round (before/after)")
     args = parser.parse_args(argv)
     if args.failover_instances < 2:
         parser.error("--failover-instances needs at least 2 (one is killed)")
@@ -204,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="levity-bench-cluster-") as directory:
             out = Path(directory)
             if not args.failover_only:
-                compare(server, args.chargers, args.duration, args.rounds, out)
+                compare(server, args.chargers, args.duration, args.rounds, out, args.previous_tree)
             if args.failover_chargers <= 0:
                 return 0
             failover_db = server.new_database()

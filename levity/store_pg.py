@@ -11,14 +11,18 @@ changes in between. levity/cluster.py uses psycopg's asyncio connection for LIST
 
 Writes never block the event loop, as on SQLite: they are queued, and what was queued during a
 turn of the loop is committed by one database transaction sent in pipeline mode (one round trip
-for hundreds of calls) on a writer thread with its own connection. A transaction start or stop is
-committed before the charger gets its answer (the handler awaits commit_durable()). Reads see the
-committed state; energy_registers() adds the meter values still queued, as the SQLite store does.
+for hundreds of calls) on a writer thread with its own connection, each kind of write (status
+upserts, transaction starts, stops, meter rows, heartbeats ...) as one statement over all its
+rows (levity/store_rows.py): much of the driver's and the server's work is per statement. A
+transaction start or stop is committed before the charger gets its answer (the handler awaits
+commit_durable()). Reads see the committed state; energy_registers() adds the meter values still
+queued, as the SQLite store does.
 When the database cannot take a commit, its writes go back in front of the queue, in order, and
 are tried again (StorageError to a caller that waits for it): a write is never silently dropped.
-A write the database refuses for good (a value out of its range) is applied alone, logged and
-counted, so it cannot hold back the others. An outage (writes failing, then working again) is
-reported once each way (levity/store_outage.py).
+A write the database refuses for good (a value out of its range) is applied alone (each row of
+a combined statement that fails alone too), logged and counted, so it cannot hold back the
+others. An outage (writes failing, then working again) is reported once each way
+(levity/store_outage.py).
 
 Round trips on the hot path are few and none blocks the event loop: a StartTransaction's repeat
 check, its connector's open transactions and a transaction id come in one awaited round trip, a
@@ -46,6 +50,7 @@ from levity.store import (TRANSACTION_SELECT, StationTransaction, StorageError, 
                           _operator_view)
 from levity.owned_transactions import Known, OwnedTransactions
 from levity.store_outage import OutageTracker
+from levity.store_rows import Combined, Rows, Write, combine, one_statement
 
 log = logging.getLogger("levity.store")
 
@@ -53,9 +58,45 @@ RETRY_SECONDS = 1.0  # wait before a queued batch the database refused is tried 
 CONNECT_TIMEOUT_SECONDS = 5
 READER_THREADS = 2  # awaited reads in flight at once (each thread has its own connection)
 
-INSERT_METER_VALUE = (
+# The writes of the hot path, each kind one statement per batch (levity/store_rows.py).
+METER_VALUE_ROWS = Rows(
     "INSERT INTO meter_values (charge_point_id, connector_id, transaction_id, timestamp, measurand, value, unit, "
-    "phase, context, location, format) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+    "phase, context, location, format) SELECT * FROM {rows}",
+    (("charge_point_id", "text"), ("connector_id", "integer"), ("transaction_id", "bigint"), ("timestamp", "text"),
+     ("measurand", "text"), ("value", "text"), ("unit", "text"), ("phase", "text"), ("context", "text"),
+     ("location", "text"), ("format", "text")), key=())
+HEARTBEAT_ROWS = Rows("UPDATE charge_points c SET last_heartbeat = v.now FROM {rows} WHERE c.id = v.id",
+                      (("id", "text"), ("now", "text")), key=("id",))
+STATUS_ROWS = Rows(
+    "INSERT INTO connectors SELECT * FROM {rows} ON CONFLICT (charge_point_id, connector_id) "
+    "DO UPDATE SET status = excluded.status, error_code = excluded.error_code, info = excluded.info, "
+    "vendor_error_code = excluded.vendor_error_code, status_timestamp = excluded.status_timestamp, "
+    "updated_at = excluded.updated_at",
+    (("charge_point_id", "text"), ("connector_id", "integer"), ("status", "text"), ("error_code", "text"),
+     ("info", "text"), ("vendor_error_code", "text"), ("status_timestamp", "text"), ("updated_at", "text")),
+    key=("charge_point_id", "connector_id"), last_wins=True)
+BOOT_ROWS = Rows(  # not last_wins: `registered` only grows, and first_seen stays the first
+    "INSERT INTO charge_points (id, registered, vendor, model, serial_number, firmware_version, "
+    "registration_status, first_seen, last_boot) SELECT id, registered, vendor, model, serial_number, "
+    "firmware_version, registration_status, now, now FROM {rows} ON CONFLICT (id) DO UPDATE SET "
+    "registered = greatest(charge_points.registered, excluded.registered), vendor = excluded.vendor, "
+    "model = excluded.model, serial_number = excluded.serial_number, "
+    "firmware_version = excluded.firmware_version, registration_status = excluded.registration_status, "
+    "last_boot = excluded.last_boot",
+    (("id", "text"), ("registered", "integer"), ("vendor", "text"), ("model", "text"), ("serial_number", "text"),
+     ("firmware_version", "text"), ("registration_status", "text"), ("now", "text")), key=("id",))
+START_ROWS = Rows(
+    "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
+    "reservation_id, created_at, start_event_id) SELECT * FROM {rows}",
+    (("id", "bigint"), ("charge_point_id", "text"), ("connector_id", "integer"), ("id_tag", "text"),
+     ("meter_start", "bigint"), ("start_timestamp", "text"), ("reservation_id", "integer"), ("created_at", "text"),
+     ("start_event_id", "text")), key=("id",))
+STOP_ROWS = Rows(
+    "UPDATE transactions t SET meter_stop = v.meter_stop, stop_timestamp = v.stop_timestamp, "
+    "stop_reason = v.stop_reason, stop_id_tag = v.stop_id_tag, stopped_at = v.stopped_at, "
+    "stop_event_id = v.stop_event_id, stop_request = v.stop_request FROM {rows} WHERE t.id = v.id",
+    (("meter_stop", "bigint"), ("stop_timestamp", "text"), ("stop_reason", "text"), ("stop_id_tag", "text"),
+     ("stopped_at", "text"), ("stop_event_id", "text"), ("stop_request", "text"), ("id", "bigint")), key=("id",))
 SELECT = TRANSACTION_SELECT  # no placeholders: the same text serves both engines
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
@@ -87,7 +128,7 @@ class _Batch:
     __slots__ = ("writes", "meter_rows", "heartbeats", "waiters")
 
     def __init__(self):
-        self.writes: list[tuple[str, Any, bool, int | None]] = []  # (sql, params or rows, executemany, key)
+        self.writes: list[Write] = []
         self.meter_rows: list[tuple] = []
         self.heartbeats: dict[str, str] = {}
         # (future, transaction id or None, then)
@@ -99,13 +140,14 @@ class _Batch:
     def size(self) -> int:
         return len(self.writes) + len(self.meter_rows) + len(self.heartbeats)
 
-    def entries(self):
-        yield from self.writes
-        if self.meter_rows:
-            yield INSERT_METER_VALUE, self.meter_rows, True, None
-        if self.heartbeats:
-            yield ("UPDATE charge_points SET last_heartbeat = %s WHERE id = %s",
-                   [(now, cp) for cp, now in self.heartbeats.items()], True, None)
+    def statements(self) -> list[Write | Combined]:
+        """The batch as statements, in order: the writes, then the meter rows, then the
+        heartbeats; the rows of one kind (levity/store_rows.py) combined into one statement."""
+        statements = combine(self.writes)
+        for kind, rows in ((METER_VALUE_ROWS, self.meter_rows), (HEARTBEAT_ROWS, list(self.heartbeats.items()))):
+            if rows:
+                statements.append(Combined(kind, [Write(kind, row) for row in rows]))
+        return statements
 
 
 class _Outcome(NamedTuple):
@@ -206,14 +248,15 @@ class PostgresStore:
                 "pending_writes": self._pending.size(), "reconnects": self.reconnects,
                 "outages": self.outage.outages, "down": int(self.outage.down), "owned_hits": self.owned.hits}
 
-    def _write(self, sql: str, params=(), key: int | None = None) -> None:
-        self._pending.writes.append((sql, params, False, key))
+    def _write(self, sql: "str | Rows", params=(), key: int | None = None) -> None:
+        """Queue a statement, or a row of a kind combined with the batch's others (Rows)."""
+        self._pending.writes.append(Write(sql, params, False, key))
         self._schedule()
 
     def _write_many(self, sql: str, rows) -> None:
         rows = list(rows)
         if rows:
-            self._pending.writes.append((sql, rows, True, None))
+            self._pending.writes.append(Write(sql, rows, True, None))
             self._schedule()
 
     def _schedule(self) -> None:
@@ -291,7 +334,7 @@ class PostgresStore:
         """A rolled-back batch's writes go back in front of those queued since, in order."""
         newer = self._pending
         batch = _Batch()
-        batch.writes = [w for w in failed.writes if w[3] is None or w[3] not in failed_keys] + newer.writes
+        batch.writes = [w for w in failed.writes if w.key is None or w.key not in failed_keys] + newer.writes
         batch.meter_rows = failed.meter_rows + newer.meter_rows
         batch.heartbeats = {**failed.heartbeats, **newer.heartbeats}
         batch.waiters = newer.waiters
@@ -352,21 +395,25 @@ class PostgresStore:
     def _apply(self, batch: "_Batch") -> "_Outcome":
         """One database transaction for the batch, in one round trip (pipeline mode); on the
         writer thread. Never raises. A write the database refuses (a value out of its range)
-        must not hold back the others forever: then each is committed alone, and one refused
-        is reported and dropped."""
+        must not hold back the others forever: then each statement is committed alone, the
+        rows of a combined one that fails each alone too, and one refused is reported and dropped."""
         reconnected = False
+        statements = batch.statements()
         try:
             if self._writer is not None and (self._writer.closed or self._writer.broken):
                 reconnected = True
             db = self._writer_connection()
-            with db.pipeline():
-                db.execute("BEGIN")
-                for sql, params, many, _ in batch.entries():
-                    if many:
-                        db.cursor().executemany(sql, params)
-                    else:
-                        db.execute(sql, params)
-                db.execute("COMMIT")
+            merged = one_statement(statements) if statements else None  # none: still a round trip
+            if merged is not None:
+                # One statement is a transaction of its own (autocommit): without BEGIN and COMMIT
+                # in pipeline mode it costs the driver and the server a third as much.
+                db.execute(*merged)
+            else:
+                with db.pipeline():
+                    db.execute("BEGIN")
+                    for statement in statements:
+                        statement.send(db)
+                    db.execute("COMMIT")
             return _Outcome(None, [], set(), reconnected)
         except psycopg.OperationalError as exc:
             self._rollback()
@@ -374,20 +421,27 @@ class PostgresStore:
         except psycopg.Error:
             self._rollback()
         refused, refused_keys = [], set()
-        for sql, params, many, key in batch.entries():
-            try:
-                with self._writer.transaction():
-                    if many:
-                        self._writer.cursor().executemany(sql, params)
-                    else:
-                        self._writer.execute(sql, params)
-            except psycopg.OperationalError as exc:  # the database went away: the batch is retried
-                return _Outcome(exc, refused, refused_keys, reconnected)
-            except psycopg.Error as exc:
-                refused.append(f"{describe(exc)} ({' '.join(sql.split()[:3])})")
-                if key is not None:
-                    refused_keys.add(key)
+        for statement in statements:
+            error = self._alone(statement)
+            failed = [] if error is None else [(statement.writes[0], error)] if len(statement.writes) == 1 else \
+                [(write, self._alone(write)) for write in statement.writes]  # which row of the statement
+            for write, error in failed:
+                if isinstance(error, psycopg.OperationalError):  # the database went away: the batch is retried
+                    return _Outcome(error, refused, refused_keys, reconnected)
+                if error is not None:
+                    refused.append(f"{describe(error)} ({write.describe()})")
+                    if write.key is not None:
+                        refused_keys.add(write.key)
         return _Outcome(None, refused, refused_keys, reconnected)
+
+    def _alone(self, statement: Write | Combined) -> psycopg.Error | None:
+        """One statement in a database transaction of its own; what the database said if it failed."""
+        try:
+            with self._writer.transaction():
+                statement.send(self._writer)
+        except psycopg.Error as exc:
+            return exc
+        return None
 
     def _rollback(self) -> None:
         writer = self._writer
@@ -495,17 +549,8 @@ class PostgresStore:
         return bool(row and row[0])
 
     def record_boot(self, charge_point_id: str, info: dict[str, Any], status: str, registered: bool, now: str) -> None:
-        self._write(
-            "INSERT INTO charge_points (id, registered, vendor, model, serial_number, firmware_version, "
-            "registration_status, first_seen, last_boot) VALUES (%(id)s, %(registered)s, %(vendor)s, %(model)s, "
-            "%(serial)s, %(firmware)s, %(status)s, %(now)s, %(now)s) ON CONFLICT (id) DO UPDATE SET "
-            "registered = greatest(charge_points.registered, excluded.registered), vendor = excluded.vendor, "
-            "model = excluded.model, serial_number = excluded.serial_number, "
-            "firmware_version = excluded.firmware_version, registration_status = excluded.registration_status, "
-            "last_boot = excluded.last_boot",
-            {"id": charge_point_id, "registered": int(registered), "vendor": info.get("vendor"),
-             "model": info.get("model"), "serial": info.get("serial_number"),
-             "firmware": info.get("firmware_version"), "status": status, "now": now})
+        self._write(BOOT_ROWS, (charge_point_id, int(registered), info.get("vendor"), info.get("model"),
+                                info.get("serial_number"), info.get("firmware_version"), status, now))
 
     def record_ocpp_version(self, charge_point_id: str, version: str) -> None:
         """As Store.record_ocpp_version: the version of a known charge point's latest connection."""
@@ -529,13 +574,8 @@ class PostgresStore:
     def record_status(self, charge_point_id: str, connector_id: int, status: str, error_code: str,
                       info: str | None, vendor_error_code: str | None, status_timestamp: str | None,
                       now: str) -> None:
-        self._write(
-            "INSERT INTO connectors VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (charge_point_id, connector_id) "
-            "DO UPDATE SET status = excluded.status, error_code = excluded.error_code, info = excluded.info, "
-            "vendor_error_code = excluded.vendor_error_code, status_timestamp = excluded.status_timestamp, "
-            "updated_at = excluded.updated_at",
-            (charge_point_id, connector_id, status, error_code, info, vendor_error_code, status_timestamp, now))
+        self._write(STATUS_ROWS, (charge_point_id, connector_id, status, error_code, info, vendor_error_code,
+                                  status_timestamp, now))
 
     def connector_status(self, charge_point_id: str, connector_id: int) -> tuple[str, str] | None:
         return self._read("SELECT status, error_code FROM connectors WHERE charge_point_id = %s "
@@ -553,9 +593,7 @@ class PostgresStore:
             transaction_id = self._read(NEXT_ID).fetchone()[0]
         self.owned.started(charge_point_id, transaction_id)
         self._write(
-            "INSERT INTO transactions (id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp, "
-            "reservation_id, created_at, start_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (transaction_id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
+            START_ROWS, (transaction_id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
              reservation_id, now, event_id), key=transaction_id)
         return transaction_id
 
@@ -645,9 +683,7 @@ class PostgresStore:
                          request: dict | None = None) -> None:
         self.owned.stopped(transaction_id, meter_stop)
         self._write(
-            "UPDATE transactions SET meter_stop = %s, stop_timestamp = %s, stop_reason = %s, stop_id_tag = %s, "
-            "stopped_at = %s, stop_event_id = %s, stop_request = %s WHERE id = %s",
-            (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
+            STOP_ROWS, (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
              json.dumps(request, sort_keys=True) if request is not None else None, transaction_id),
             key=transaction_id)
 
