@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import random
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -69,25 +67,13 @@ class _AckClock:
         return getattr(self._writer, name)
 
 
-def port_outside_the_ephemeral_range() -> int:
-    """A free port the kernel never hands out as a client's source port: once the primary is
-    dead, one of Levity's connections could otherwise take its port and block the restart."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(max(1024, low - 10000), low), 200):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return free_port()
-
-
 class Receivers:
     """The two receivers on an event loop in a thread of this process (one clock for all times)."""
 
     def __init__(self):
-        self.ports = port_outside_the_ephemeral_range(), port_outside_the_ephemeral_range()
+        # free_port() keeps out of the range client source ports come from: once the primary is
+        # dead, one of Levity's connections could otherwise take its port and block the restart.
+        self.ports = free_port(), free_port()
 
     def start(self) -> None:
         """After the load clients are forked: a forked child would keep the listeners open."""

@@ -507,8 +507,7 @@ class Store:
             for future, key, then in group.waiters:
                 if future.done():
                     continue
-                if key is not None and key in refused_keys:
-                    self.owned.forget(key)
+                if key is not None and key in refused_keys:  # owned.forget_all() above dropped it
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
                 else:

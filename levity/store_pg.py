@@ -300,8 +300,7 @@ class PostgresStore:
             for future, key, then in batch.waiters:
                 if future.done():
                     continue
-                if key is not None and key in outcome.refused_keys:
-                    self.owned.forget(key)
+                if key is not None and key in outcome.refused_keys:  # _count_refused() dropped it from owned
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
                 else:
@@ -423,8 +422,12 @@ class PostgresStore:
         refused, refused_keys = [], set()
         for statement in statements:
             error = self._alone(statement)
-            failed = [] if error is None else [(statement.writes[0], error)] if len(statement.writes) == 1 else \
-                [(write, self._alone(write)) for write in statement.writes]  # which row of the statement
+            if error is None:
+                continue
+            if len(statement.writes) == 1:
+                failed = [(statement.writes[0], error)]
+            else:  # which rows of the combined statement: each alone
+                failed = [(write, self._alone(write)) for write in statement.writes]
             for write, error in failed:
                 if isinstance(error, psycopg.OperationalError):  # the database went away: the batch is retried
                     return _Outcome(error, refused, refused_keys, reconnected)

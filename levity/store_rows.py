@@ -148,7 +148,7 @@ def combine(writes: list[Write]) -> list[Write | Combined]:
         kind = write.sql
         if not isinstance(kind, Rows):
             statements.append(write)
-            any_row_at[_TABLE.match(kind).group(1)] = len(statements) - 1
+            any_row_at[write.table] = len(statements) - 1
             continue
         row = (kind.table, kind.key_of(write.params))
         after = max(any_row_at.get(kind.table, -1), row_at.get(row, -1))  # it must stay behind these

@@ -70,15 +70,15 @@ class LevityProcess:
                               env={**environ, **self.env, **(env or {})}, capture_output=True, text=True, timeout=60)
 
     def start(self, timeout: float = 15.0) -> "LevityProcess":
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 return self._start(timeout)
             except PortTaken:
-                if not self.port_chosen_here or attempt == 2:
+                if not self.port_chosen_here:
                     raise
                 self.port = free_port()
                 self.env["LEVITY_PORT"] = str(self.port)
-        raise AssertionError("unreachable")
+        return self._start(timeout)
 
     def _start(self, timeout: float) -> "LevityProcess":
         self.starts += 1
@@ -92,11 +92,11 @@ class LevityProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = self.log()
-                if log[logged_before:].rstrip().endswith(
+                output = self.log()
+                if output[logged_before:].rstrip().endswith(
                         f"cannot listen on 127.0.0.1:{self.port}: Address already in use"):
-                    raise PortTaken(log)
-                raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{log}")
+                    raise PortTaken(output)
+                raise AssertionError(f"levity serve exited with {self.process.returncode}:\n{output}")
             scheme = "https" if self.health_ssl else "http"
             try:
                 if self.proxy_local:
