@@ -17,6 +17,10 @@
    the event loop), from their CPU times read every quarter second until the run ends.
    --previous-tree DIR adds a PostgreSQL run of another checkout's Levity (e.g. `git archive
    main | tar -x -C DIR`) to each round, right after this one's: a before/after in one session.
+   --levity-cpus LIST measures per instance: Levity (every thread) on those CPUs in every run,
+   the load client, the audit receiver and the PostgreSQL server on the others, as a database
+   on its own host would leave the instance's cores to it. Both stores get the same cores; the
+   PostgreSQL runs share the other CPUs with the server (against them, if those are saturated).
 2. Failover: N chargers booted on instance A of several sharing a PostgreSQL; A is killed
    (SIGKILL); every charger reconnects to one of the others (chosen by a hash of its id, as the
    balancer's consistent hashing spreads them) and sends BootNotification. Prints the seconds
@@ -105,10 +109,13 @@ class ThreadSplit(threading.Thread):
 
 
 def load_run(database: str | None, chargers: int, duration: float, out: Path,
-             server: PostgresServer | None = None, tree: Path | None = None) -> Run:
+             server: PostgresServer | None = None, tree: Path | None = None,
+             levity_cpus: list[int] | None = None, other_cpus: list[int] | None = None) -> Run:
     report = out / f"bench-{'pg' if database else 'sqlite'}.json"
     argv = ["--targets", "levity", "--chargers", str(chargers), "--duration", str(duration), "--warmup", "2",
             "--clients", "1", "--json", str(report), "--quiet", "--levity-env", "LEVITY_WORKERS=1"]
+    if levity_cpus:
+        argv += ["--server-cpus", ",".join(map(str, levity_cpus)), "--client-cpus", ",".join(map(str, other_cpus))]
     if database:
         argv += ["--levity-env", f"LEVITY_DATABASE={database}"]
     if tree is not None:
@@ -139,14 +146,30 @@ def fresh_database(server: PostgresServer) -> str:
     return database
 
 
+def pin_database(server: PostgresServer, cpus: list[int]) -> None:
+    """The PostgreSQL server's processes on these CPUs (backends forked later inherit it)."""
+    postmaster = psutil.Process(int((server.data / "postmaster.pid").read_text().split()[0]))
+    for process in [postmaster, *postmaster.children()]:
+        with contextlib.suppress(psutil.Error):
+            process.cpu_affinity(cpus)
+
+
 def compare(server: PostgresServer, chargers: int, duration: float, rounds: int, out: Path,
-            previous: Path | None = None) -> None:
+            previous: Path | None = None, levity_cpus: list[int] | None = None) -> None:
     """SQLite and PostgreSQL runs interleaved (and the previous Levity's PostgreSQL run); one
     line per run, then the medians. Also prints the machine's load average before each round."""
     stores = {"SQLite": None, "PostgreSQL": "now"}
     if previous is not None:
         stores["PostgreSQL, previous"] = "previous"
     runs: dict[str, list[Run]] = {name: [] for name in stores}
+    other_cpus = None
+    if levity_cpus:
+        other_cpus = [cpu for cpu in sorted(os.sched_getaffinity(0)) if cpu not in levity_cpus]
+        if not other_cpus:
+            raise SystemExit(f"--levity-cpus {levity_cpus} leaves no CPU for the load client and PostgreSQL")
+        pin_database(server, other_cpus)
+        print(f"per instance: Levity on CPU {','.join(map(str, levity_cpus))}; load client, audit receiver and "
+              f"PostgreSQL server on CPU {','.join(map(str, other_cpus))}")
     print(f"calls/s, one process, {chargers} chargers, {duration:.0f} s per run, {rounds} round(s):")
     print(f"{'store':<22}{'calls/s':>10}{'Levity CPU us/call':>20}{'of it other threads':>21}"
           f"{'PostgreSQL CPU us/call':>24}{'p99 ms':>8}{'errors':>8}  p99 ms by call type")
@@ -155,7 +178,7 @@ def compare(server: PostgresServer, chargers: int, duration: float, rounds: int,
         for name, which in stores.items():
             url = fresh_database(server) if which else None
             run = load_run(url, chargers, duration, out, server if url else None,
-                           previous if which == "previous" else None)
+                           previous if which == "previous" else None, levity_cpus, other_cpus)
             runs[name].append(run)
             database_cpu = f"{run.database_cpu_us_per_call:,.0f}" if run.database_cpu_us_per_call is not None else "-"
             other = f"{run.other_threads_us_per_call:,.0f}" if run.other_threads_us_per_call is not None else "-"
@@ -241,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failover-only", action="store_true", help="skip the calls/s comparison")
     parser.add_argument("--previous-tree", type=Path, metavar="DIR",
                         help="also run PostgreSQL with the Levity of this source tree, each round (before/after)")
+    parser.add_argument("--levity-cpus", type=bench.parse_cpus, metavar="LIST",
+                        help="per instance: Levity on these CPUs, the load client and PostgreSQL on the others")
     args = parser.parse_args(argv)
     if args.failover_instances < 2:
         parser.error("--failover-instances needs at least 2 (one is killed)")
@@ -258,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="levity-bench-cluster-") as directory:
             out = Path(directory)
             if not args.failover_only:
-                compare(server, args.chargers, args.duration, args.rounds, out, args.previous_tree)
+                compare(server, args.chargers, args.duration, args.rounds, out, args.previous_tree,
+                        args.levity_cpus)
             if args.failover_chargers <= 0:
                 return 0
             failover_db = server.new_database()
