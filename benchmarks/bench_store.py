@@ -1,4 +1,4 @@
-"""What synchronous=FULL costs the commits that issue transaction ids (levity/store.py), and
+"""What the fsync costs the commits that issue transaction ids (levity/store.py), and
 what a group commit costs per write on PostgreSQL (levity/store_pg.py).
 
     python -m benchmarks.bench_store [--dir DIR] [--starts 500] [--concurrency 200]
@@ -6,8 +6,9 @@ what a group commit costs per write on PostgreSQL (levity/store_pg.py).
 
 Runs the real Store in-process on DIR (default: a temporary directory on the disk of the
 working directory, which is where a database usually lives) and prints transaction starts/s
-and the mean wait for their commit, one at a time and with many chargers at once, with FULL
-(what Levity does) and with NORMAL (what it did before, a power loss could reissue ids), plus
+and the mean wait for their commit, one at a time and with many chargers at once, with the
+WAL fsynced behind it (what Levity does) and without (what it did before: a power loss could
+reissue ids), plus
 heartbeats/s through the same store (they never wait for a commit). Numbers only, no verdict.
 
 --postgresql starts a PostgreSQL server in a temporary directory (as the tests do, fsync off)
@@ -33,7 +34,7 @@ from levity.store import Store
 
 
 class NormalStore(Store):
-    """The same store, but its durable commits run with synchronous=NORMAL (the old setting)."""
+    """The same store, but its durable commits are not fsynced (the old setting)."""
 
     def _apply(self, db, group):
         group.durable = False

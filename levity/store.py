@@ -1,19 +1,25 @@
 """Levity's state in an embedded SQLite database: charge points, connectors, transactions,
 meter values.
 
-Writes never run on the event loop. A handler's write is queued in memory; everything queued
-while the loop handles one batch of ready connections is written by one commit (group
-commit: under load one commit serves hundreds of calls) on the store's own writer thread, with
-its own connection. So a slow disk, an fsync or another process holding the database's write
-lock (a `levity charge-points` command) delays commits, never the chargers' answers.
+A handler's write is queued in memory; everything queued while the loop handles one batch of
+ready connections is written by one commit (group commit: under load one commit serves
+hundreds of calls). The commit itself runs on the event loop's connection and only ever
+writes into the WAL (synchronous=NORMAL, no fsync): tens of microseconds, and the connection
+that reads the state next keeps its page cache (SQLite drops a connection's cache whenever
+another connection changed the file, and a read then costs about four times as much). What
+may wait never runs on the loop: the fsync (on the writer thread, below), another process
+holding the database's write lock (a `levity charge-points` command, another worker: the loop
+does not wait for the lock, the group is committed on the writer thread, which may wait), and
+checkpoints (on a thread of their own, as often as SQLite's default would). So a slow disk or a held lock
+delays commits, never the chargers' answers.
 
-Durability. Commits run with synchronous=NORMAL (WAL: a crash of Levity loses nothing
-committed, a power loss can lose the last commits), except a commit that carries a
-transaction start or stop: it runs with synchronous=FULL (the WAL is fsynced before it
-returns), because its transaction id goes to the charger and into billing and must never be
-issued twice, not even after a power loss. A handler that answers with such an id awaits
-commit_durable() first; when the commit fails it gets StorageError and the charger is told to
-retry (levity.handling.store_then_audit).
+Durability. A crash of Levity loses nothing committed (WAL); a power loss can lose the last
+commits, except a commit that carries a transaction start or stop: its transaction id goes to
+the charger and into billing and must never be issued twice, not even after a power loss. A
+handler that answers with such an id awaits commit_durable(): it returns once the WAL is
+fsynced behind the commit (the writer thread calls fdatasync on the WAL file: what
+synchronous=FULL does inside COMMIT, without holding the loop). When that fails the caller
+gets StorageError and the charger is told to retry (levity.handling.store_then_audit).
 
 Failures. A statement the database refuses (a constraint, a trigger) is dropped alone: it is
 counted and logged, its durable caller gets StorageError, the rest of the group commits. A
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -199,6 +206,9 @@ RETRY_SECONDS = 1.0  # next attempt after a failed commit when nothing new is wr
 WRITER_BUSY_TIMEOUT_MS = 5000  # the writer thread may wait for another process's write lock
 REFUSED_LOG_SECONDS = 60.0
 READER_BUSY_TIMEOUT_MS = 50  # reads on the event loop (WAL readers are not blocked by writers)
+# A passive WAL checkpoint on its own thread after this many rows written on the loop: about
+# SQLite's own 1,000-page default (wal_autocheckpoint), which would run it inside COMMIT.
+CHECKPOINT_ROWS = 2000
 
 
 class _Write:
@@ -280,6 +290,11 @@ def _execute_many(db: sqlite3.Connection, write: _Write, refused: list) -> None:
     db.execute("RELEASE many")
 
 
+def _busy(exc: BaseException | None) -> bool:
+    """The write lock is held elsewhere (another process or worker): SQLITE_BUSY."""
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == 5
+
+
 def _loop_running() -> bool:
     try:
         asyncio.get_running_loop()
@@ -337,7 +352,12 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False  # a commit is scheduled or running
         self._running = False
-        self._inflight: _Group | None = None  # the group the writer thread commits now
+        self._inflight: _Group | None = None  # the group being committed (or its WAL fsynced) now
+        self._wal_fd: int | None = None  # the WAL file, fsynced by the writer thread (_sync_wal)
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpoint_after = CHECKPOINT_ROWS  # the loop connection's total_changes
+        self._checkpointing = False
         self._retry: asyncio.TimerHandle | None = None
         self._failing_since: float | None = None
         self._synchronous_full = False
@@ -350,9 +370,10 @@ class Store:
         self.last_error: str | None = None
         self.outage = OutageTracker("sqlite", path)  # the `ocpp.store` down/up events
         # The transactions of the chargers connected to this process, for the reads the hot
-        # path makes per MeterValues and stop: a read on this connection right after the writer
-        # thread's commit costs about four times a cached one (SQLite drops the connection's
-        # page cache when another connection changed the file), and commits come every turn.
+        # path makes per MeterValues and stop: a read right after another connection's commit
+        # (another worker, the command line, the writer thread when the lock was taken) costs
+        # about four times a cached one (SQLite drops the connection's page cache when another
+        # connection changed the file).
         self.owned = OwnedTransactions()
 
     def _migrate(self) -> None:
@@ -374,14 +395,19 @@ class Store:
             self._retry.cancel()
         if self._io is not None:
             self._io.shutdown(wait=True)  # a commit still running finishes first
+        if self._checkpointer is not None:
+            self._checkpointer.shutdown(wait=True)
         group, self._group = self._group, _Group()
         if group:
             outcome = self._apply(self._writer or self._db, group)
             if outcome.error is not None:
                 log.error("database: %d queued write(s) could not be committed at shutdown: %s",
                           group.size(), outcome.error)
-        if self._writer is not None:
-            self._writer.close()
+        for connection in (self._writer, self._checkpoint_db):
+            if connection is not None:
+                connection.close()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
         self._db.close()
 
     def stats(self) -> dict[str, int]:
@@ -458,7 +484,7 @@ class Store:
         except (StorageError, asyncio.TimeoutError):
             pass  # logged by the commit; close() tries once more
 
-    # Committing (the group on the writer thread) ------------------------------------------
+    # Committing (on the loop; the fsync, a held lock and checkpoints on threads) -----------
 
     def _commit_group(self) -> None:
         if self._retry is not None:
@@ -479,10 +505,112 @@ class Store:
             self._writer = _connect(self._path, WRITER_BUSY_TIMEOUT_MS)
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-db")
             self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")  # the loop's reads never wait long
-        hand_off(self._loop, self._io, self._apply, self._writer, group,
-                 then=lambda outcome: self._committed(group, outcome))
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on their own thread
+        outcome = self._commit_on_loop(group)
+        if _busy(outcome.error):  # the write lock is held elsewhere: the writer thread waits for it
+            hand_off(self._loop, self._io, self._apply_on_writer, group,
+                     then=lambda outcome: self._committed(group, outcome))
+            return
+        if outcome.error is None and group.durable:
+            hand_off(self._loop, self._io, self._sync_wal, then=lambda error: self._synced(group, outcome, error))
+        else:
+            self._committed(group, outcome)
+        self._checkpoint_when_due()
 
-    def _committed(self, group: _Group, outcome: _Outcome) -> None:
+    def _commit_on_loop(self, group: _Group) -> _Outcome:
+        """The group committed on the loop's connection, without waiting for the write lock
+        (busy timeout 0 for the commit: SQLITE_BUSY when another connection holds it)."""
+        self._db.execute("PRAGMA busy_timeout=0")
+        try:
+            return self._apply(self._db, group)
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+
+    def _apply_on_writer(self, group: _Group) -> _Outcome:
+        """On the writer thread, after the loop found the write lock taken: it waits for the
+        lock (WRITER_BUSY_TIMEOUT_MS) and commits with synchronous=FULL when the group is durable."""
+        try:
+            full = group.durable
+            if full != self._synchronous_full:  # only outside a transaction
+                self._writer.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+                self._synchronous_full = full
+        except Exception as exc:  # noqa: BLE001 - reported like a failed commit
+            return _Outcome(exc, [])
+        return self._apply(self._writer, group)
+
+    def _sync_wal(self) -> OSError | None:
+        """On the writer thread: fdatasync the WAL file, making every commit so far durable (what
+        synchronous=FULL does at each COMMIT). Written by hand because SQLite offers no "sync
+        now" call besides committing with FULL, which would hold the loop for the fsync. Never
+        raises."""
+        try:
+            if self._wal_fd is None or os.fstat(self._wal_fd).st_nlink == 0:  # first use, or replaced
+                if self._wal_fd is not None:
+                    os.close(self._wal_fd)
+                    self._wal_fd = None
+                self._wal_fd = os.open(self._path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
+                directory = os.open(os.path.dirname(os.path.abspath(self._path)), os.O_RDONLY)
+                try:
+                    os.fsync(directory)  # the WAL file's own entry, as SQLite syncs a new WAL's directory
+                finally:
+                    os.close(directory)
+            os.fdatasync(self._wal_fd)
+            return None
+        except OSError as exc:
+            return exc
+
+    def _synced(self, group: _Group, outcome: _Outcome, error: BaseException | None) -> None:
+        if error is None:
+            self._committed(group, outcome)
+            return
+        # Committed (readers see it) but perhaps not on disk. A durable caller is failed as
+        # refused: it undoes what its call changed before releasing its charge point's
+        # transaction lock (levity.handling.store_then_audit), so the charger's resend is
+        # decided again. The group's other writes stay committed.
+        waiters, group.waiters = group.waiters, []
+        self._committed(group, outcome, synced=False)  # refused writes counted; the next group starts
+        self.commit_failures += 1
+        self.last_error = f"fsync of the WAL failed: {error}"
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("database: %s. Transaction starts and stops are answered with a CALLERROR (the charger "
+                      "retries); logged again when commits work", self.last_error)
+        self.outage.failed(self.last_error, self._group.size())
+        for future, key, _ in waiters:
+            if key is not None:
+                self.owned.forget(key)
+            if not future.done():
+                future.set_exception(StorageError(f"database: {self.last_error}", refused=True))
+
+    def _checkpoint_when_due(self) -> None:
+        """A passive checkpoint (the WAL's pages copied into the database file, then fsynced)
+        on a thread of its own every CHECKPOINT_ROWS rows: inside a COMMIT on the loop it would
+        hold every charger for the copy and its fsync; on the writer thread the next durable
+        commit would wait for it."""
+        if self._checkpointing or self._db.total_changes < self._checkpoint_after:
+            return
+        self._checkpoint_after = self._db.total_changes + CHECKPOINT_ROWS
+        if self._checkpointer is None:
+            self._checkpoint_db = _connect(self._path, WRITER_BUSY_TIMEOUT_MS)
+            self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-db-checkpoint")
+        self._checkpointing = True
+        hand_off(self._loop, self._checkpointer, self._checkpoint, then=self._checkpointed)
+
+    def _checkpoint(self) -> BaseException | None:
+        try:
+            self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return None
+        except Exception as exc:  # noqa: BLE001 - logged on the loop; the next one tries again
+            return exc
+
+    def _checkpointed(self, error: BaseException | None) -> None:
+        self._checkpointing = False
+        if error is not None:
+            log.warning("database: WAL checkpoint failed (tried again after %d more rows): %s", CHECKPOINT_ROWS, error)
+
+    def _committed(self, group: _Group, outcome: _Outcome, synced: bool = True) -> None:
+        """synced False: committed, but the WAL's fsync behind it failed (_synced): not a
+        commit that works again."""
         self._running = False
         self._inflight = None
         self._scheduled = False
@@ -497,7 +625,9 @@ class Store:
                 log.error("database refused a write, dropped (%d so far, counted as levity_store_writes_refused; "
                           "logged at most once a minute): %s: %s", self.writes_refused, exc,
                           write.sql.split("(")[0].strip()[:80])
-        if outcome.error is None:
+        if outcome.error is None and not synced:
+            pass  # _synced() reports the failure and fails the waiters it took from the group
+        elif outcome.error is None:
             self.commits += 1
             self.outage.recovered(group.size())
             if self._failing_since is not None:
@@ -566,10 +696,6 @@ class Store:
         """One transaction for the group (on the writer thread). Never raises."""
         refused: list[tuple[_Write, BaseException]] = []
         try:
-            full = group.durable
-            if full != self._synchronous_full:  # only outside a transaction
-                db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
-                self._synchronous_full = full
             db.execute("BEGIN IMMEDIATE")
             writes = list(group.writes)
             if group.meter_rows:
