@@ -8,10 +8,10 @@ writes into the WAL (synchronous=NORMAL, no fsync): tens of microseconds, and th
 that reads the state next keeps its page cache (SQLite drops a connection's cache whenever
 another connection changed the file, and a read then costs about four times as much). What
 may wait never runs on the loop: the fsync (on the writer thread, below), another process
-holding the database's write lock (a `levity charge-points` command, another worker: the loop
-does not wait for the lock, the group is committed on the writer thread, which may wait), and
-checkpoints (on a thread of their own, as often as SQLite's default would). So a slow disk or a held lock
-delays commits, never the chargers' answers.
+holding the database's write lock (a `levity charge-points` command, another worker: the
+loop's connection has busy timeout 0, and the group is committed on the writer thread, which
+may wait), and checkpoints (on a thread of their own, as often as SQLite's default would). So a
+slow disk or a held lock delays commits, never the chargers' answers.
 
 Durability. A crash of Levity loses nothing committed (WAL); a power loss can lose the last
 commits, except a commit that carries a transaction start or stop: its transaction id goes to
@@ -205,7 +205,6 @@ MAX_PENDING_WRITES = 100_000  # statements kept for the next attempt while the d
 RETRY_SECONDS = 1.0  # next attempt after a failed commit when nothing new is written
 WRITER_BUSY_TIMEOUT_MS = 5000  # the writer thread may wait for another process's write lock
 REFUSED_LOG_SECONDS = 60.0
-READER_BUSY_TIMEOUT_MS = 50  # reads on the event loop (WAL readers are not blocked by writers)
 # A passive WAL checkpoint on its own thread after this many rows written on the loop: about
 # SQLite's own 1,000-page default (wal_autocheckpoint), which would run it inside COMMIT.
 CHECKPOINT_ROWS = 2000
@@ -504,9 +503,11 @@ class Store:
         if self._io is None:
             self._writer = _connect(self._path, WRITER_BUSY_TIMEOUT_MS)
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="levity-db")
-            self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")  # the loop's reads never wait long
+            # The loop never waits for a lock: its reads take none (WAL), and its commits go to
+            # the writer thread when another connection holds the write lock (SQLITE_BUSY).
+            self._db.execute("PRAGMA busy_timeout=0")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on their own thread
-        outcome = self._commit_on_loop(group)
+        outcome = self._apply(self._db, group)
         if _busy(outcome.error):  # the write lock is held elsewhere: the writer thread waits for it
             hand_off(self._loop, self._io, self._apply_on_writer, group,
                      then=lambda outcome: self._committed(group, outcome))
@@ -516,15 +517,6 @@ class Store:
         else:
             self._committed(group, outcome)
         self._checkpoint_when_due()
-
-    def _commit_on_loop(self, group: _Group) -> _Outcome:
-        """The group committed on the loop's connection, without waiting for the write lock
-        (busy timeout 0 for the commit: SQLITE_BUSY when another connection holds it)."""
-        self._db.execute("PRAGMA busy_timeout=0")
-        try:
-            return self._apply(self._db, group)
-        finally:
-            self._db.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
 
     def _apply_on_writer(self, group: _Group) -> _Outcome:
         """On the writer thread, after the loop found the write lock taken: it waits for the
