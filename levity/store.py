@@ -353,6 +353,7 @@ class Store:
         self._running = False
         self._inflight: _Group | None = None  # the group being committed (or its WAL fsynced) now
         self._wal_fd: int | None = None  # the WAL file, fsynced by the writer thread (_sync_wal)
+        self._wal_path = ""  # set with the writer thread
         self._checkpointer: ThreadPoolExecutor | None = None
         self._checkpoint_db: sqlite3.Connection | None = None
         self._checkpoint_after = CHECKPOINT_ROWS  # the loop connection's total_changes
@@ -507,6 +508,8 @@ class Store:
             # the writer thread when another connection holds the write lock (SQLITE_BUSY).
             self._db.execute("PRAGMA busy_timeout=0")
             self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on their own thread
+            # SQLite names the WAL after the database file as it resolved it (symbolic links followed).
+            self._wal_path = self._db.execute("PRAGMA database_list").fetchone()[2] + "-wal"
         outcome = self._apply(self._db, group)
         if _busy(outcome.error):  # the write lock is held elsewhere: the writer thread waits for it
             hand_off(self._loop, self._io, self._apply_on_writer, group,
@@ -540,8 +543,8 @@ class Store:
                 if self._wal_fd is not None:
                     os.close(self._wal_fd)
                     self._wal_fd = None
-                self._wal_fd = os.open(self._path + "-wal", os.O_RDONLY | os.O_CLOEXEC)
-                directory = os.open(os.path.dirname(os.path.abspath(self._path)), os.O_RDONLY)
+                self._wal_fd = os.open(self._wal_path, os.O_RDONLY | os.O_CLOEXEC)
+                directory = os.open(os.path.dirname(self._wal_path), os.O_RDONLY)
                 try:
                     os.fsync(directory)  # the WAL file's own entry, as SQLite syncs a new WAL's directory
                 finally:

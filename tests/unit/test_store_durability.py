@@ -55,6 +55,17 @@ async def test_only_commits_with_transaction_rows_wait_for_the_wal_fsync(tmp_pat
     store.close()
 
 
+async def test_a_database_reached_through_a_symbolic_link_fsyncs_its_real_wal(tmp_path, fsyncs):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "levity.db").symlink_to(tmp_path / "data" / "levity.db")
+    store = Store(str(tmp_path / "levity.db"))
+    transaction_id = store.start_transaction("CP", 1, "TAG", 0, "t1", None, "now")
+    await store.commit_durable(transaction_id)
+    assert fsyncs == [str(tmp_path / "data" / "levity.db-wal")]  # where SQLite keeps it
+    await store.drain()
+    store.close()
+
+
 async def test_a_failed_wal_fsync_fails_the_durable_caller_until_it_works_again(tmp_path, monkeypatch, caplog):
     store = Store(str(tmp_path / "levity.db"))
     store.record_heartbeat("CP", "t0")
