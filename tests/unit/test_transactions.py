@@ -2,6 +2,7 @@
 and the routes that keep anomalies away from billing."""
 
 import asyncio
+import errno
 import json
 import re
 import sqlite3
@@ -13,7 +14,8 @@ import yaml
 from levity.audit.events import ANOMALY_KINDS, EventFactory, IdTagPolicy, TAGS, conformance_errors
 from levity.handling import Authorizer, CentralSystemContext
 from levity.fluentconf.units import tag_pattern_covers
-from levity.store import Store
+import levity.store as store_module
+from levity.store import StorageError, Store
 from levity.transactions import (close_abandoned, highest_register, register_wh, registers_in, repeated_stop_detail,
                                  send_pending_closes, stop_request)
 
@@ -180,6 +182,27 @@ def test_close_abandoned_inside_the_server_sends_its_anomaly_at_once(tmp_path):
     assert event.record["event_id"] == store.transaction(tx).abandon_event_id
     assert send_pending_closes(store, sink, events) == 0, "nothing left to send"
     assert events.anomalies == {"abandoned_transaction": 1}
+
+
+def test_a_close_whose_commit_may_not_be_on_disk_leaves_the_transaction_open(tmp_path, monkeypatch):
+    store, sink, events = Store(str(tmp_path / "levity.db")), CollectingSink(), EventFactory()
+    tx = store.start_transaction("CP1", 1, "T", 10, "2024-01-15T10:10:00Z", None, NOW, event_id="start-1")
+    store.commit()
+    context = CentralSystemContext(store=store, sink=sink, events=events, authorizer=Authorizer(), validator=None)
+
+    def failing_fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    async def close():
+        store.record_heartbeat("CP1", NOW)  # the writer thread exists before the fault
+        await store.commit_durable()
+        monkeypatch.setattr(store_module.os, "fdatasync", failing_fsync)
+        with pytest.raises(StorageError):
+            await close_abandoned(context, tx, "charger replaced")
+
+    asyncio.run(close())
+    assert store.transaction(tx).open and sink.events == []  # nobody was told: not closed
+    assert send_pending_closes(store, sink, events) == 0
 
 
 def test_a_close_from_the_command_line_is_sent_once_with_the_event_id_it_chose(tmp_path):
