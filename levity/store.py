@@ -516,7 +516,8 @@ class Store:
                      then=lambda outcome: self._committed(group, outcome))
             return
         if outcome.error is None and group.durable:
-            hand_off(self._loop, self._io, self._sync_wal, then=lambda error: self._synced(group, outcome, error))
+            hand_off(self._loop, self._io, self._sync_wal,
+                     then=lambda error: self._committed(group, outcome, sync_error=error))
         else:
             self._committed(group, outcome)
         self._checkpoint_when_due()
@@ -554,29 +555,6 @@ class Store:
         except OSError as exc:
             return exc
 
-    def _synced(self, group: _Group, outcome: _Outcome, error: BaseException | None) -> None:
-        if error is None:
-            self._committed(group, outcome)
-            return
-        # Committed (readers see it) but perhaps not on disk. A durable caller is failed as
-        # refused: it undoes what its call changed before releasing its charge point's
-        # transaction lock (levity.handling.store_then_audit), so the charger's resend is
-        # decided again. The group's other writes stay committed.
-        waiters, group.waiters = group.waiters, []
-        self._committed(group, outcome, synced=False)  # refused writes counted; the next group starts
-        self.commit_failures += 1
-        self.last_error = f"fsync of the WAL failed: {error}"
-        if self._failing_since is None:
-            self._failing_since = time.monotonic()
-            log.error("database: %s. Transaction starts and stops are answered with a CALLERROR (the charger "
-                      "retries); logged again when commits work", self.last_error)
-        self.outage.failed(self.last_error, self._group.size())
-        for future, key, _ in waiters:
-            if key is not None:
-                self.owned.forget(key)
-            if not future.done():
-                future.set_exception(StorageError(f"database: {self.last_error}", refused=True))
-
     def _checkpoint_when_due(self) -> None:
         """A passive checkpoint (the WAL's pages copied into the database file, then fsynced)
         on a thread of its own every CHECKPOINT_ROWS rows: inside a COMMIT on the loop it would
@@ -603,9 +581,9 @@ class Store:
         if error is not None:
             log.warning("database: WAL checkpoint failed (tried again after %d more rows): %s", CHECKPOINT_ROWS, error)
 
-    def _committed(self, group: _Group, outcome: _Outcome, synced: bool = True) -> None:
-        """synced False: committed, but the WAL's fsync behind it failed (_synced): not a
-        commit that works again."""
+    def _committed(self, group: _Group, outcome: _Outcome, sync_error: BaseException | None = None) -> None:
+        """sync_error: the group committed (readers see it), but the fsync of the WAL behind it
+        failed (_sync_wal), so it may not be on disk."""
         self._running = False
         self._inflight = None
         self._scheduled = False
@@ -620,9 +598,7 @@ class Store:
                 log.error("database refused a write, dropped (%d so far, counted as levity_store_writes_refused; "
                           "logged at most once a minute): %s: %s", self.writes_refused, exc,
                           write.sql.split("(")[0].strip()[:80])
-        if outcome.error is None and not synced:
-            pass  # _synced() reports the failure and fails the waiters it took from the group
-        elif outcome.error is None:
+        if outcome.error is None and sync_error is None:
             self.commits += 1
             self.outage.recovered(group.size())
             if self._failing_since is not None:
@@ -639,20 +615,15 @@ class Store:
                     if then is not None:
                         then()
                     future.set_result(None)
+        elif outcome.error is None:
+            # A durable caller is failed as refused: it undoes what its call changed before
+            # releasing its charge point's transaction lock (levity.handling.store_then_audit), so
+            # the charger's resend is decided again. The group's other writes stay committed.
+            self._commit_failed(f"fsync of the WAL failed: {sync_error}", group.waiters, refused=True)
+            self.outage.failed(self.last_error, self._group.size())
         else:
-            self.commit_failures += 1
-            self.last_error = str(outcome.error)
-            if self._failing_since is None:
-                self._failing_since = time.monotonic()
-                log.error("database: commit failed: %s. Transaction starts and stops are answered with a "
-                          "CALLERROR (the charger retries); other writes are kept and retried (logged again "
-                          "when commits work)", outcome.error)
-            for future, key, _ in group.waiters:
-                if key is not None:  # its charger is told to retry: its writes go
-                    self.owned.forget(key)
-                if not future.done():
-                    future.set_exception(StorageError(f"database commit failed: {outcome.error}"))
-            self._requeue(group)
+            self._commit_failed(f"commit failed: {outcome.error}", group.waiters)
+            self._requeue(group)  # other writes are kept and tried again
             self.outage.failed(str(outcome.error), self._group.size())
             if not self._group.waiters:
                 # Nobody waits for an answer: try again in a while, not on every new write.
@@ -662,6 +633,21 @@ class Store:
         if self._group:  # what queued up during this commit goes now, not one loop iteration later
             self._scheduled = True
             self._commit_group()
+
+    def _commit_failed(self, error: str, waiters: list, refused: bool = False) -> None:
+        """Counted, logged once per failure episode, and every durable caller of the group failed
+        (its charger is told to retry, so its writes go from memory)."""
+        self.commit_failures += 1
+        self.last_error = error
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.error("database: %s. Transaction starts and stops are answered with a CALLERROR (the charger "
+                      "retries); logged again when commits work", error)
+        for future, key, _ in waiters:
+            if key is not None:
+                self.owned.forget(key)
+            if not future.done():
+                future.set_exception(StorageError(f"database: {error}", refused=refused))
 
     def _requeue(self, failed: _Group) -> None:
         """Put a rolled-back group's writes back in front of what was queued since (order kept).
