@@ -24,13 +24,13 @@ other call, and the per-charger throttle bounds the calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any, Iterable
 
 from levity.audit.events import DEFAULT_MEASURAND, EventFactory, IdTagPolicy, iso_utc, new_event_id
 from levity.audit.sink import AuditSink, NotDurable
+from levity.handling import write_back
 from levity.store import StorageError, Store, Transaction
 
 log = logging.getLogger(__name__)
@@ -170,21 +170,22 @@ async def close_abandoned(context, transaction_id: int, reason: str) -> dict[str
         raise LookupError(f"no transaction {transaction_id}")
     async with context.transaction_lock(known.charge_point_id):
         closed = store.close_abandoned(transaction_id, reason, iso_utc(time.time_ns()), new_event_id())
+
+        def reopen() -> None:  # the close may be on disk while the operator is told it failed
+            store.reopen_abandoned(transaction_id, closed.abandon_event_id)
+
         try:
             await store.commit_durable(transaction_id)
         except StorageError as failure:
-            if failure.refused:  # perhaps committed (a failed fsync): open again, as nobody is told
-                store.reopen_abandoned(transaction_id, closed.abandon_event_id)
-                with contextlib.suppress(StorageError):
-                    await store.commit_durable()
+            if failure.refused:  # perhaps committed (a failed fsync)
+                await write_back(store, reopen)
             raise
         try:
             await context.sink.emit_durable(abandoned_event(context.events, closed,
                                                             operator_detail(closed.abandon_reason)))
         except NotDurable as failure:
             if not failure.maybe_written:
-                store.reopen_abandoned(transaction_id, closed.abandon_event_id)
-                await store.commit_durable()
+                await write_back(store, reopen)
             raise
     return store.transactions(transaction_id=transaction_id)[0]
 
