@@ -69,13 +69,18 @@ class Run(NamedTuple):
     errors: int
 
 
+def postmaster(server: PostgresServer) -> psutil.Process:
+    """The PostgreSQL server's main process (its pid is the first line of postmaster.pid)."""
+    return psutil.Process(int((server.data / "postmaster.pid").read_text().split()[0]))
+
+
 def database_cpu_seconds(server: PostgresServer) -> float:
     """CPU time of the PostgreSQL server so far: the postmaster, the backends it has reaped
     (a run's connections end with it) and those still running."""
-    postmaster = psutil.Process(int((server.data / "postmaster.pid").read_text().split()[0]))
-    times = postmaster.cpu_times()
+    main = postmaster(server)
+    times = main.cpu_times()
     total = times.user + times.system + times.children_user + times.children_system
-    for child in postmaster.children():
+    for child in main.children():
         with contextlib.suppress(psutil.Error):
             child_times = child.cpu_times()
             total += child_times.user + child_times.system
@@ -148,8 +153,8 @@ def fresh_database(server: PostgresServer) -> str:
 
 def pin_database(server: PostgresServer, cpus: list[int]) -> None:
     """The PostgreSQL server's processes on these CPUs (backends forked later inherit it)."""
-    postmaster = psutil.Process(int((server.data / "postmaster.pid").read_text().split()[0]))
-    for process in [postmaster, *postmaster.children()]:
+    main = postmaster(server)
+    for process in [main, *main.children()]:
         with contextlib.suppress(psutil.Error):
             process.cpu_affinity(cpus)
 
