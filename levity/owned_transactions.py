@@ -11,15 +11,24 @@ instance can answer:
 - energy_registers: for a stop's checks, complete only for a transaction started here (every
   meter value of it went through this instance).
 
+- load_transaction: a StopTransaction's row, for a transaction started here (the row as this
+  instance wrote it, while it stays open here).
+
 What others may change (an operator closing a transaction as abandoned, from the command line or
-any instance's API) is not kept: a stop still reads the row (load_transaction). A new claim (the
-charger reconnected, here or elsewhere first) starts from nothing, and so does a write the
-database refused or a durable commit that failed.
+any instance's API) is not known here: a stop decided from memory is written only if its row is
+still open (levity/store.py's stop_transaction), and when another process closed it meanwhile
+the charger is told to resend, and the resend reads the row. A new claim (the charger
+reconnected, here or elsewhere first) starts from nothing, and so does a write the database
+refused or a durable commit that failed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from levity.store import Transaction
 
 KEPT_PER_CHARGE_POINT = 16  # transactions remembered per charger; older ones are read again
 
@@ -28,6 +37,7 @@ KEPT_PER_CHARGE_POINT = 16  # transactions remembered per charger; older ones ar
 class Known:
     meter_stop: int | None = None
     registers: list[tuple[str, str | None]] | None = None  # None: not every meter value was seen here
+    row: "Transaction | None" = None  # while open: the row as this instance started it
 
 
 class OwnedTransactions:
@@ -79,14 +89,30 @@ class OwnedTransactions:
         if len(known) > KEPT_PER_CHARGE_POINT:
             self.forget(next(iter(known)))
 
-    def started(self, charge_point_id: str, transaction_id: int) -> None:
-        self.remember(charge_point_id, transaction_id, Known(registers=[]))
+    def started(self, charge_point_id: str, transaction_id: int, row: "Transaction | None" = None) -> None:
+        self.remember(charge_point_id, transaction_id, Known(registers=[], row=row))
 
     def stopped(self, transaction_id: int, meter_stop: int | None) -> None:
-        """A stop written (or undone: None) by this instance."""
+        """A stop written (or undone: None) by this instance; its row is read again after either."""
         charge_point_id = self._charger_of.get(transaction_id)
         if charge_point_id is not None:
-            self._owned[charge_point_id][transaction_id].meter_stop = meter_stop
+            entry = self._owned[charge_point_id][transaction_id]
+            entry.meter_stop, entry.row = meter_stop, None
+
+    def closed(self, transaction_id: int) -> None:
+        """Closed as abandoned by this instance: its row is read again."""
+        charge_point_id = self._charger_of.get(transaction_id)
+        if charge_point_id is not None:
+            self._owned[charge_point_id][transaction_id].row = None
+
+    def open_row(self, transaction_id: int) -> "Transaction | None":
+        """The row of an open transaction started here, while its charger is connected here."""
+        charge_point_id = self._charger_of.get(transaction_id)
+        entry = self._owned[charge_point_id].get(transaction_id) if charge_point_id is not None else None
+        if entry is None or entry.row is None:
+            return None
+        self.hits += 1
+        return entry.row
 
     def add_registers(self, charge_point_id: str, transaction_id: int, registers: list[tuple[str, str | None]]) -> None:
         known = self._owned.get(charge_point_id)

@@ -197,6 +197,13 @@ class StorageError(Exception):
         self.refused = refused
 
 
+class ChangedMeanwhile(Exception):
+    """A stop whose transaction another process (the command line, an operator API request on
+    another instance) closed or stopped after the stop's handler decided on it: not written.
+    Its caller is failed as refused, so the charger's resend is decided again on the new state
+    (e.g. stop_after_abandoned) instead of the stop being written over the close."""
+
+
 # SQLite primary result codes that are the database's trouble, not the statement's: the
 # group is rolled back and tried again (https://www.sqlite.org/rescode.html).
 ENVIRONMENT_ERRORS = {5: "BUSY", 6: "LOCKED", 7: "NOMEM", 8: "READONLY", 10: "IOERR", 11: "CORRUPT",
@@ -212,12 +219,13 @@ CHECKPOINT_ROWS = 2000
 
 class _Write:
     """One queued statement: `many` runs it with executemany; `key` is the transaction id a
-    durable caller waits for (its failure fails that caller)."""
+    durable caller waits for (its failure fails that caller); `must_change`: a statement that
+    changes no row was decided on a state that changed meanwhile (ChangedMeanwhile)."""
 
-    __slots__ = ("sql", "params", "many", "key")
+    __slots__ = ("sql", "params", "many", "key", "must_change")
 
-    def __init__(self, sql: str, params, many: bool = False, key: int | None = None):
-        self.sql, self.params, self.many, self.key = sql, params, many, key
+    def __init__(self, sql: str, params, many: bool = False, key: int | None = None, must_change: bool = False):
+        self.sql, self.params, self.many, self.key, self.must_change = sql, params, many, key, must_change
 
 
 class _Group:
@@ -265,13 +273,18 @@ def _environment_error(exc: sqlite3.Error) -> bool:
 
 
 def _execute(db: sqlite3.Connection, write: _Write, refused: list) -> None:
-    """Run one statement; one the database refuses is noted in `refused` (SQLite undid it alone)."""
+    """Run one statement; one the database refuses is noted in `refused` (SQLite undid it alone),
+    as is one that had to change a row and changed none (ChangedMeanwhile)."""
     try:
-        db.execute(write.sql, write.params)
+        changed = db.execute(write.sql, write.params).rowcount
     except sqlite3.Error as exc:
         if _environment_error(exc) or not db.in_transaction:
             raise
         refused.append((write, exc))
+        return
+    if write.must_change and changed == 0:
+        refused.append((write, ChangedMeanwhile(f"transaction {write.key} was closed or stopped by another process "
+                                                "after this stop was decided")))
 
 
 def _execute_many(db: sqlite3.Connection, write: _Write, refused: list) -> None:
@@ -419,8 +432,8 @@ class Store:
 
     # Queueing ------------------------------------------------------------------------------
 
-    def _write(self, sql: str, params=(), key: int | None = None) -> None:
-        self._group.writes.append(_Write(sql, params, key=key))
+    def _write(self, sql: str, params=(), key: int | None = None, must_change: bool = False) -> None:
+        self._group.writes.append(_Write(sql, params, key=key, must_change=must_change))
         self._schedule()
 
     def _write_many(self, sql: str, rows) -> None:
@@ -587,10 +600,13 @@ class Store:
         self._running = False
         self._inflight = None
         self._scheduled = False
-        refused_keys = {w.key for w, _ in outcome.refused if w.key is not None}
+        refused_keys = {w.key: exc for w, exc in outcome.refused if w.key is not None}
         if outcome.refused:
             self.owned.forget_all()  # what it knew may include a refused write
         for write, exc in outcome.refused:
+            if isinstance(exc, ChangedMeanwhile):  # not the database's doing: the charger resends
+                log.warning("database: %s: answered with a CALLERROR, its resend is decided again", exc)
+                continue
             self.writes_refused += 1
             now = time.monotonic()
             if now - self._refused_logged_at >= REFUSED_LOG_SECONDS:  # not one line per event
@@ -609,8 +625,8 @@ class Store:
                 if future.done():
                     continue
                 if key is not None and key in refused_keys:  # owned.forget_all() above dropped it
-                    future.set_exception(StorageError(f"the database refused the write for transaction {key}",
-                                                      refused=True))
+                    future.set_exception(StorageError(f"the write for transaction {key} was not stored: "
+                                                      f"{refused_keys[key]}", refused=True))
                 else:
                     if then is not None:
                         then()
@@ -878,15 +894,20 @@ class Store:
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
-                         request: dict | None = None) -> None:
-        """request: the stop's fields as the charger sent them, kept to describe a repeat."""
+                         request: dict | None = None, was_abandoned: bool = False) -> None:
+        """request: the stop's fields as the charger sent them, kept to describe a repeat.
+        was_abandoned: what the stop was decided on (the transaction already closed as abandoned,
+        or open). Written only if the row is still so; if another process closed or stopped it
+        meanwhile, the caller's commit_durable raises StorageError (refused, ChangedMeanwhile)."""
         self.owned.stopped(transaction_id, meter_stop)
         self._write(
             "UPDATE transactions SET meter_stop = ?, stop_timestamp = ?, stop_reason = ?, stop_id_tag = ?, "
-            "stopped_at = ?, stop_event_id = ?, stop_request = ? WHERE id = ?",
+            "stopped_at = ?, stop_event_id = ?, stop_request = ? WHERE id = ? AND stopped_at IS NULL "
+            "AND (abandoned_at IS NOT NULL) = ?",
             (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
-             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id),
-            key=transaction_id,
+             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id,
+             was_abandoned),
+            key=transaction_id, must_change=True,
         )
 
     def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,

@@ -46,8 +46,8 @@ import psycopg
 from levity.database import DatabaseStartupError, redact
 from levity.handoff import hand_off
 from levity.schema_pg import SchemaError, check
-from levity.store import (TRANSACTION_SELECT, StationTransaction, StorageError, Transaction, _loop_running,
-                          _operator_view)
+from levity.store import (TRANSACTION_SELECT, ChangedMeanwhile, StationTransaction, StorageError, Transaction,
+                          _loop_running, _operator_view)
 from levity.owned_transactions import Known, OwnedTransactions
 from levity.store_outage import OutageTracker
 from levity.store_rows import Combined, Rows, Write, combine, one_statement
@@ -91,12 +91,17 @@ START_ROWS = Rows(
     (("id", "bigint"), ("charge_point_id", "text"), ("connector_id", "integer"), ("id_tag", "text"),
      ("meter_start", "bigint"), ("start_timestamp", "text"), ("reservation_id", "integer"), ("created_at", "text"),
      ("start_event_id", "text")), key=("id",))
+# Written only where the row is as the stop was decided on (open, or closed as abandoned);
+# RETURNING names those written: another process may have closed or stopped one meanwhile
+# (ChangedMeanwhile), as levity.store's stop_transaction says.
 STOP_ROWS = Rows(
     "UPDATE transactions t SET meter_stop = v.meter_stop, stop_timestamp = v.stop_timestamp, "
     "stop_reason = v.stop_reason, stop_id_tag = v.stop_id_tag, stopped_at = v.stopped_at, "
-    "stop_event_id = v.stop_event_id, stop_request = v.stop_request FROM {rows} WHERE t.id = v.id",
+    "stop_event_id = v.stop_event_id, stop_request = v.stop_request FROM {rows} WHERE t.id = v.id "
+    "AND t.stopped_at IS NULL AND (t.abandoned_at IS NOT NULL) = v.was_abandoned RETURNING t.id",
     (("meter_stop", "bigint"), ("stop_timestamp", "text"), ("stop_reason", "text"), ("stop_id_tag", "text"),
-     ("stopped_at", "text"), ("stop_event_id", "text"), ("stop_request", "text"), ("id", "bigint")), key=("id",))
+     ("stopped_at", "text"), ("stop_event_id", "text"), ("stop_request", "text"), ("id", "bigint"),
+     ("was_abandoned", "boolean")), key=("id",))
 SELECT = TRANSACTION_SELECT  # no placeholders: the same text serves both engines
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 IDENTICAL_START = (f"{SELECT} WHERE charge_point_id = %s AND connector_id = %s AND start_timestamp = %s "
@@ -155,6 +160,11 @@ class _Outcome(NamedTuple):
     refused: list[str]  # writes the database refused, dropped alone (what it said)
     refused_keys: set[int]  # the transactions those belonged to
     reconnected: bool
+    changed_keys: set[int] = set()  # stops not written: their row changed meanwhile (ChangedMeanwhile)
+
+
+def _is_stop(statement: Write | Combined) -> bool:
+    return (statement.rows if isinstance(statement, Combined) else statement.sql) is STOP_ROWS
 
 
 class PostgresStore:
@@ -303,6 +313,14 @@ class PostgresStore:
                 if key is not None and key in outcome.refused_keys:  # _count_refused() dropped it from owned
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
+                elif key is not None and key in outcome.changed_keys:
+                    changed = ChangedMeanwhile(f"transaction {key} was closed or stopped by another process "
+                                               "after this stop was decided")
+                    self.owned.forget(key)
+                    log.warning("database %s: %s: answered with a CALLERROR, its resend is decided again",
+                                self.name, changed)
+                    future.set_exception(StorageError(f"the write for transaction {key} was not stored: {changed}",
+                                                      refused=True))
                 else:
                     if then is not None:
                         then()
@@ -366,6 +384,9 @@ class PostgresStore:
         self.commits += 1
         if outcome.refused_keys:
             raise StorageError(f"the database refused a write: {outcome.refused[0]}", refused=True)
+        if outcome.changed_keys:
+            raise StorageError(f"transaction {min(outcome.changed_keys)} was closed or stopped by another process "
+                               "meanwhile: its stop was not written", refused=True)
 
     async def commit_durable(self, key: int | None = None, then: Callable[[], None] | None = None) -> None:
         """Awaited by the transaction handlers before they answer: everything written so far is
@@ -398,22 +419,31 @@ class PostgresStore:
         rows of a combined one that fails each alone too, and one refused is reported and dropped."""
         reconnected = False
         statements = batch.statements()
+        # The stops last in a merged statement: its result is their RETURNING (the statements
+        # of one merge change a table each, so their order there does not matter).
+        stops = [statement for statement in statements if _is_stop(statement)]
+        stopped_keys = {write.key for statement in stops for write in statement.writes}
+        written: set[int] = set()  # the stops written (RETURNING)
         try:
             if self._writer is not None and (self._writer.closed or self._writer.broken):
                 reconnected = True
             db = self._writer_connection()
-            merged = one_statement(statements) if statements else None  # none: still a round trip
+            merged = one_statement([s for s in statements if not _is_stop(s)] + stops) if statements else None
             if merged is not None:
                 # One statement is a transaction of its own (autocommit): without BEGIN and COMMIT
                 # in pipeline mode it costs the driver and the server a third as much.
-                db.execute(*merged)
+                cursor = db.execute(*merged)
+                if stops:
+                    written.update(row[0] for row in cursor.fetchall())
             else:
                 with db.pipeline():
                     db.execute("BEGIN")
-                    for statement in statements:
-                        statement.send(db)
+                    cursors = [statement.send(db) for statement in statements]
                     db.execute("COMMIT")
-            return _Outcome(None, [], set(), reconnected)
+                for statement, cursor in zip(statements, cursors):
+                    if _is_stop(statement):
+                        written.update(row[0] for row in cursor.fetchall())
+            return _Outcome(None, [], set(), reconnected, stopped_keys - written)
         except psycopg.OperationalError as exc:
             self._rollback()
             return _Outcome(exc, [], set(), reconnected)
@@ -421,13 +451,13 @@ class PostgresStore:
             self._rollback()
         refused, refused_keys = [], set()
         for statement in statements:
-            error = self._alone(statement)
+            error = self._alone(statement, written)
             if error is None:
                 continue
             if len(statement.writes) == 1:
                 failed = [(statement.writes[0], error)]
             else:  # which rows of the combined statement: each alone
-                failed = [(write, self._alone(write)) for write in statement.writes]
+                failed = [(write, self._alone(write, written)) for write in statement.writes]
             for write, error in failed:
                 if isinstance(error, psycopg.OperationalError):  # the database went away: the batch is retried
                     return _Outcome(error, refused, refused_keys, reconnected)
@@ -435,13 +465,16 @@ class PostgresStore:
                     refused.append(f"{describe(error)} ({write.describe()})")
                     if write.key is not None:
                         refused_keys.add(write.key)
-        return _Outcome(None, refused, refused_keys, reconnected)
+        return _Outcome(None, refused, refused_keys, reconnected, stopped_keys - written - refused_keys)
 
-    def _alone(self, statement: Write | Combined) -> psycopg.Error | None:
-        """One statement in a database transaction of its own; what the database said if it failed."""
+    def _alone(self, statement: Write | Combined, written: set[int]) -> psycopg.Error | None:
+        """One statement in a database transaction of its own; what the database said if it
+        failed. The ids of the stops it wrote go into `written`."""
         try:
             with self._writer.transaction():
-                statement.send(self._writer)
+                cursor = statement.send(self._writer)
+                if _is_stop(statement):
+                    written.update(row[0] for row in cursor.fetchall())
         except psycopg.Error as exc:
             return exc
         return None
@@ -594,7 +627,9 @@ class PostgresStore:
         transaction_id = self._next_ids.pop(charge_point_id, None)  # fetched by start_lookup()
         if transaction_id is None:
             transaction_id = self._read(NEXT_ID).fetchone()[0]
-        self.owned.started(charge_point_id, transaction_id)
+        self.owned.started(charge_point_id, transaction_id, Transaction(
+            transaction_id, charge_point_id, connector_id, id_tag, meter_start, None, False, start_timestamp,
+            created_at=now, start_event_id=event_id))
         self._write(
             START_ROWS, (transaction_id, charge_point_id, connector_id, id_tag, meter_start, start_timestamp,
              reservation_id, now, event_id), key=transaction_id)
@@ -650,8 +685,14 @@ class PostgresStore:
         return None, [transaction for _, transaction in found]
 
     async def load_transaction(self, transaction_id: int) -> Transaction | None:
+        """A transaction started here by a charger still connected here comes from memory (a
+        StopTransaction then costs no round trip); its stop is written only if no other process
+        closed it meanwhile (stop_transaction, ChangedMeanwhile)."""
         if not -2**63 <= transaction_id < 2**63:  # not a BIGINT: no such transaction
             return None
+        row = self.owned.open_row(transaction_id)
+        if row is not None:
+            return row
         rows, = await self._read_async((BY_ID, (transaction_id,)))
         return Transaction.from_row(rows[0]) if rows else None
 
@@ -683,11 +724,12 @@ class PostgresStore:
 
     def stop_transaction(self, transaction_id: int, meter_stop: int, stop_timestamp: str, reason: str,
                          id_tag: str | None, now: str, event_id: str | None = None,
-                         request: dict | None = None) -> None:
+                         request: dict | None = None, was_abandoned: bool = False) -> None:
+        """As Store.stop_transaction (written only if the row is still as the stop saw it)."""
         self.owned.stopped(transaction_id, meter_stop)
         self._write(
             STOP_ROWS, (meter_stop, stop_timestamp, reason, id_tag, now, event_id,
-             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id),
+             json.dumps(request, sort_keys=True) if request is not None else None, transaction_id, was_abandoned),
             key=transaction_id)
 
     def close_abandoned(self, transaction_id: int, reason: str, now: str, event_id: str,
@@ -705,6 +747,7 @@ class PostgresStore:
             closed = self.transaction(transaction_id)
             if closed is not None and closed.open:
                 self._write(sql, params, key=transaction_id if key is None else key)
+                self.owned.closed(transaction_id)
                 closed = replace(closed, abandoned_at=now, abandon_reason=reason.strip(), abandon_event_id=event_id)
         else:
             self._write(sql, params, key=transaction_id if key is None else key)

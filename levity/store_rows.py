@@ -82,11 +82,11 @@ class Write(NamedTuple):
     def statement(self) -> tuple[str, Any]:
         return self.sql.statement([self.params]) if isinstance(self.sql, Rows) else (self.sql, self.params)
 
-    def send(self, db: psycopg.Connection) -> None:
+    def send(self, db: psycopg.Connection) -> psycopg.Cursor | None:
         if self.many:
             db.cursor().executemany(self.sql, self.params)
-        else:
-            db.execute(*self.statement())
+            return None
+        return db.execute(*self.statement())
 
     def describe(self) -> str:
         """The statement's first words, for a log line (never its values)."""
@@ -111,8 +111,8 @@ class Combined(NamedTuple):
             rows = list({self.rows.key_of(row): row for row in rows}.values())
         return self.rows.statement(rows)
 
-    def send(self, db: psycopg.Connection) -> None:
-        db.execute(*self.statement())
+    def send(self, db: psycopg.Connection) -> psycopg.Cursor:
+        return db.execute(*self.statement())
 
 
 def one_statement(statements: list[Write | Combined]) -> tuple[str, list] | None:

@@ -241,7 +241,7 @@ class ChargePoint(OcppChargePoint):
             else:
                 energy = meter_stop - known.meter_start  # kept as sent, even when negative (flagged below)
                 store.stop_transaction(transaction_id, meter_stop, timestamp, reason, id_tag, _now(),
-                                       event_id=event_id, request=sent)
+                                       event_id=event_id, request=sent, was_abandoned=known.abandoned_at is not None)
                 if transaction_data:
                     store.add_meter_values(self.id, known.connector_id, transaction_id, transaction_data)
                 if known.abandoned_at is not None:

@@ -412,7 +412,8 @@ async def _ended(cs: ChargingStation, payload: dict, known: StationTransaction |
     request = {"meter_stop": meter_stop, "timestamp": timestamp, "reason": info.get("stoppedReason"),
                "id_tag": token.get("idToken"), "transaction_data_entries": len(meter_value or ())}
     store.stop_transaction(transaction_id, meter_stop, timestamp, reason, token.get("idToken"), now,
-                           event_id=event_id, request=request)
+                           event_id=event_id, request=request,
+                           was_abandoned=known is not None and known.transaction.abandoned_at is not None)
     await store_then_audit(cs.ctx, transaction_id, cs.event(
         "transaction_stop", event_id=event_id, transaction_id=transaction_id, meter_stop=meter_stop,
         energy_delivered=energy, reason=reason, transaction_timestamp=timestamp, station_transaction_id=station_id,
