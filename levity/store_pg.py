@@ -26,8 +26,10 @@ others. An outage (writes failing, then working again) is reported once each way
 
 Round trips on the hot path are few and none blocks the event loop: a StartTransaction's repeat
 check, its connector's open transactions and a transaction id come in one awaited round trip, a
-StopTransaction's row in one; MeterValues and a stop's meter checks are answered from what this
-instance knows of the chargers connected to it (levity/owned_transactions.py).
+StopTransaction's row in one unless this instance started the transaction; MeterValues, those
+stops and a stop's meter checks are answered from what this instance knows of the chargers
+connected to it (levity/owned_transactions.py). A stop is written only over the state it was
+decided on (STOP_ROWS), so an operator's close from another process is never written over.
 """
 
 from __future__ import annotations
