@@ -162,7 +162,7 @@ class _Outcome(NamedTuple):
     refused: list[str]  # writes the database refused, dropped alone (what it said)
     refused_keys: set[int]  # the transactions those belonged to
     reconnected: bool
-    changed_keys: set[int] = set()  # stops not written: their row changed meanwhile (ChangedMeanwhile)
+    changed_keys: frozenset[int] = frozenset()  # stops not written: their row changed meanwhile (ChangedMeanwhile)
 
 
 def _is_stop(statement: Write | Combined) -> bool:
@@ -445,7 +445,7 @@ class PostgresStore:
                 for statement, cursor in zip(statements, cursors):
                     if _is_stop(statement):
                         written.update(row[0] for row in cursor.fetchall())
-            return _Outcome(None, [], set(), reconnected, stopped_keys - written)
+            return _Outcome(None, [], set(), reconnected, frozenset(stopped_keys - written))
         except psycopg.OperationalError as exc:
             self._rollback()
             return _Outcome(exc, [], set(), reconnected)
@@ -467,7 +467,7 @@ class PostgresStore:
                     refused.append(f"{describe(error)} ({write.describe()})")
                     if write.key is not None:
                         refused_keys.add(write.key)
-        return _Outcome(None, refused, refused_keys, reconnected, stopped_keys - written - refused_keys)
+        return _Outcome(None, refused, refused_keys, reconnected, frozenset(stopped_keys - written - refused_keys))
 
     def _alone(self, statement: Write | Combined, written: set[int]) -> psycopg.Error | None:
         """One statement in a database transaction of its own; what the database said if it
