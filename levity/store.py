@@ -203,6 +203,10 @@ class ChangedMeanwhile(Exception):
     Its caller is failed as refused, so the charger's resend is decided again on the new state
     (e.g. stop_after_abandoned) instead of the stop being written over the close."""
 
+    def __init__(self, transaction_id: int | None):
+        super().__init__(f"transaction {transaction_id} was closed or stopped by another process after this stop "
+                         "was decided")
+
 
 # SQLite primary result codes that are the database's trouble, not the statement's: the
 # group is rolled back and tried again (https://www.sqlite.org/rescode.html).
@@ -283,8 +287,7 @@ def _execute(db: sqlite3.Connection, write: _Write, refused: list) -> None:
         refused.append((write, exc))
         return
     if write.must_change and changed == 0:
-        refused.append((write, ChangedMeanwhile(f"transaction {write.key} was closed or stopped by another process "
-                                                "after this stop was decided")))
+        refused.append((write, ChangedMeanwhile(write.key)))
 
 
 def _execute_many(db: sqlite3.Connection, write: _Write, refused: list) -> None:

@@ -316,8 +316,7 @@ class PostgresStore:
                     future.set_exception(StorageError(f"the database refused the write for transaction {key}",
                                                       refused=True))
                 elif key is not None and key in outcome.changed_keys:
-                    changed = ChangedMeanwhile(f"transaction {key} was closed or stopped by another process "
-                                               "after this stop was decided")
+                    changed = ChangedMeanwhile(key)
                     self.owned.forget(key)
                     log.warning("database %s: %s: answered with a CALLERROR, its resend is decided again",
                                 self.name, changed)

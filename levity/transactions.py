@@ -29,9 +29,9 @@ import time
 from typing import Any, Iterable
 
 from levity.audit.events import DEFAULT_MEASURAND, EventFactory, IdTagPolicy, iso_utc, new_event_id
-from levity.audit.sink import AuditSink, NotDurable
-from levity.handling import write_back
-from levity.store import StorageError, Store, Transaction
+from levity.audit.sink import AuditSink
+from levity.handling import store_then_audit
+from levity.store import Store, Transaction
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +174,8 @@ async def close_abandoned(context, transaction_id: int, reason: str) -> dict[str
         def reopen() -> None:  # the close may be on disk while the operator is told it failed
             store.reopen_abandoned(transaction_id, closed.abandon_event_id)
 
-        try:
-            await store.commit_durable(transaction_id)
-        except StorageError as failure:
-            if failure.refused:  # perhaps committed (a failed fsync)
-                await write_back(store, reopen)
-            raise
-        try:
-            await context.sink.emit_durable(abandoned_event(context.events, closed,
-                                                            operator_detail(closed.abandon_reason)))
-        except NotDurable as failure:
-            if not failure.maybe_written:
-                await write_back(store, reopen)
-            raise
+        await store_then_audit(context, transaction_id, abandoned_event(
+            context.events, closed, operator_detail(closed.abandon_reason)), undo=reopen)
     return store.transactions(transaction_id=transaction_id)[0]
 
 
