@@ -282,7 +282,6 @@ def encode_batch(events) -> tuple[bytes, str]:
     messages of a connection one after the other and answers an ack after the events of its
     message were emitted, so that one ack covers the whole batch (one ack instead of one per
     run, which under a mixed load is one per two events)."""
-    chunk = new_chunk_id()
     runs: list[tuple[str, list[bytes]]] = []
     tag, entries = None, None
     for ev in events:
@@ -290,18 +289,40 @@ def encode_batch(events) -> tuple[bytes, str]:
             tag, entries = ev.tag, []
             runs.append((tag, entries))
         entries.append(ev.entry)
+    return encode_runs(runs)
+
+
+def encode_runs(runs: list[tuple[str, list[bytes]]]) -> tuple[bytes, str]:
+    """encode_batch() for events already grouped: (tag, entries) per run of consecutive events
+    with the same tag, in emission order."""
+    chunk = new_chunk_id()
     parts: list[bytes] = []
+    last = len(runs) - 1
     for i, (tag, entries) in enumerate(runs):
-        option = {"size": len(entries), "chunk": chunk} if i == len(runs) - 1 else {"size": len(entries)}
-        body = b"".join(entries)
+        # With a mixed load the tag changes at almost every event, so this is per event: the
+        # tag's msgpack is cached and the {"size": n} option written out (the same bytes).
+        packed_tag = _packed_tags.get(tag)
+        if packed_tag is None:
+            packed_tag = _packed_tags[tag] = msgpack.packb(tag)
+        size = len(entries)
+        if i != last:
+            option = _SIZE_OPTIONS[size] if size < 256 else msgpack.packb({"size": size})
+        else:
+            option = msgpack.packb({"size": size, "chunk": chunk})
+        body = entries[0] if size == 1 else b"".join(entries)
         # [tag, bin(entries), option] with the entries copied once, not packed again.
-        parts += (b"\x93", msgpack.packb(tag), _bin_header(len(body)), body, msgpack.packb(option))
+        parts += (b"\x93", packed_tag, _bin_header(len(body)), body, option)
     return b"".join(parts), chunk
+
+
+_packed_tags: dict[str, bytes] = {}
+_SIZE_OPTIONS = [msgpack.packb({"size": size}) for size in range(256)]
+_BIN8_HEADERS = [b"\xc4" + bytes([length]) for length in range(256)]
 
 
 def _bin_header(length: int) -> bytes:
     if length < 1 << 8:
-        return b"\xc4" + length.to_bytes(1, "big")
+        return _BIN8_HEADERS[length]
     if length < 1 << 16:
         return b"\xc5" + length.to_bytes(2, "big")
     return b"\xc6" + length.to_bytes(4, "big")
