@@ -12,7 +12,8 @@
   arrive while a write is running wait for the next one and share it (group commit). When the
   event cannot be made durable (write or fsync error, refused by drop_newest, sink closing) it
   raises NotDurable and the charger is answered with a CALLERROR, so it sends the call again.
-- The sender reads up to LEVITY_BATCH_SIZE events from the acknowledged cursor, sends them as
+- The sender reads up to LEVITY_BATCH_SIZE events from the acknowledged cursor (from memory
+  when they are the spool thread's latest writes, levity/audit/recent.py), sends them as
   PackedForward messages (one per run of consecutive events with the same tag, so the
   emission order is kept across tags) and advances the cursor only when every message of the
   batch is acknowledged. Any failure (refused, closed, no ack within FLUENTD_TIMEOUT) closes
@@ -34,7 +35,9 @@ import msgpack
 
 from levity.audit.events import AuditEvent
 from levity.audit.failover import PROBE_INTERVAL, ServerPool
-from levity.audit.forward import Endpoint, ForwardConnection, ForwardError, encode_batch, endpoints_from_settings
+from levity.audit.forward import (Endpoint, ForwardConnection, ForwardError, encode_batch, encode_runs,
+                                  endpoints_from_settings)
+from levity.audit.recent import RecentWrites
 from levity.audit.sink import NotDurable, release_waiters, settled
 from levity.audit.spool import Spool, SpoolWriteError, encode_frame
 from levity.audit.write_failures import WriteFailures
@@ -65,6 +68,10 @@ class ForwardSink:
         # Events wait here as their spool frames: bytes, which the garbage collector does not
         # track (event objects held for a flush interval were a large part of its work).
         self._pending: list[bytes] = []
+        self._pending_tags: list[str] = []  # the tag of each pending frame, for RecentWrites
+        # The latest writes, which the sender takes without reading them back (spool thread only).
+        self._recent = RecentWrites(max_events=4 * self.batch_size, max_bytes=16 << 20)
+        self.sent_from_memory = 0  # events the sender took from _recent rather than the spool
         self._pack = msgpack.Packer().pack  # emit() runs on the event loop only: one Packer for all
         self._first_pending_at = 0.0
         self._unwritten_bytes = 0  # pending and being written: not yet in spool.disk_bytes
@@ -127,6 +134,7 @@ class ForwardSink:
             pending = self._pending
             frame = encode_frame(event.tag, event.time_ns, event.record, self._pack)
             pending.append(frame)
+            self._pending_tags.append(event.tag)
             self._unwritten_bytes += len(frame)
             if len(pending) >= self.batch_size:
                 self._flush()
@@ -154,6 +162,7 @@ class ForwardSink:
         future = self._loop.create_future()  # a cancelled waiter only stops waiting: release skips it
         self._waiters.append((future, len(self._pending)))
         self._pending.append(frame)
+        self._pending_tags.append(event.tag)
         self._unwritten_bytes += len(frame)
         if len(self._pending) == 1:
             self._first_pending_at = time.monotonic()
@@ -223,20 +232,26 @@ class ForwardSink:
         if self._writing or not self._pending or self._io is None:
             return
         batch, self._pending = self._pending, []
+        tags, self._pending_tags = self._pending_tags, []
         waiters, self._waiters = self._waiters, []
         self._writing = True
-        hand_off(self._loop, self._io, self._write, batch, bool(waiters) or self._closing,
+        hand_off(self._loop, self._io, self._write, batch, tags, bool(waiters) or self._closing,
                  then=lambda outcome: self._batch_written(batch, waiters, outcome))
 
-    def _write(self, batch: list[bytes], fsync: bool) -> tuple[int, Exception | None]:
+    def _write(self, batch: list[bytes], tags: list[str], fsync: bool) -> tuple[int, Exception | None]:
         """On the spool thread: (events written, error). The spool writes a prefix of the batch:
-        drop_newest refuses from the end. Never raises."""
+        drop_newest refuses from the end. A batch written whole is also kept for the sender
+        (RecentWrites). Never raises."""
         try:
-            return self.spool.append_frames(batch, fsync=fsync), None
+            start = self.spool.end
+            written = self.spool.append_frames(batch, fsync=fsync)
         except SpoolWriteError as exc:
             return exc.written, exc
         except Exception as exc:  # noqa: BLE001 - unknown: treat as written, not durable
             return len(batch), exc
+        if written == len(batch):
+            self._recent.add(start, self.spool.end, batch, tags)
+        return written, None
 
     def _batch_written(self, batch: list[bytes], waiters: list[tuple[asyncio.Future, int]],
                        outcome: tuple[int, Exception | None]) -> None:
@@ -404,6 +419,12 @@ class ForwardSink:
         the ack, not an object per event."""
         if acked is not None:
             self.spool.ack(acked)
+        cursor = self.spool.cursor
+        recent = self._recent.take(pos if pos is not None and pos >= cursor else cursor, self.batch_size)
+        if recent is not None:
+            count, end, runs = recent
+            self.sent_from_memory += count
+            return (count, end, *encode_runs(runs))
         batch = self.spool.read(pos, self.batch_size)
         data, chunk = encode_batch(batch.events) if batch.events else (b"", "")
         return len(batch.events), batch.end, data, chunk

@@ -134,6 +134,14 @@ def encode_frame(tag: str, time_ns: int, record: dict, pack=msgpack.packb) -> by
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def entry_offset(tag: str) -> int:
+    """Where the PackedForward entry starts in a frame that encode_frame made for `tag`."""
+    head = _tag_heads.get(tag)
+    if head is None:
+        head = _tag_heads[tag] = bytes([FORMAT_V2]) + msgpack.packb(tag)
+    return HEADER.size + len(head)
+
+
 def _split_payload(payload: bytes, tags: dict[bytes, str]) -> SpooledEvent:
     """The tag and the PackedForward entry of a frame's payload, without decoding the record.
     A payload of an earlier version, [tag, time_ns, record], gets its entry built here."""
@@ -612,6 +620,12 @@ class Spool:
     @property
     def cursor(self) -> Position:
         return self._cursor
+
+    @property
+    def end(self) -> Position:
+        """The position the next frame will be written at."""
+        seg = self._segments[self._write_seq]
+        return Position(self._write_seq, seg.size, seg.count)
 
     @property
     def depth_events(self) -> int:
