@@ -70,7 +70,7 @@ class ForwardSink:
         self._pending: list[bytes] = []
         self._pending_tags: list[str] = []  # the tag of each pending frame, for RecentWrites
         # The latest writes, which the sender takes without reading them back (spool thread only).
-        self._recent = RecentWrites(max_events=4 * self.batch_size, max_bytes=16 << 20)
+        self._recent = RecentWrites(max_events=4 * self.batch_size)
         self.sent_from_memory = 0  # events the sender took from _recent rather than the spool
         self._pack = msgpack.Packer().pack  # emit() runs on the event loop only: one Packer for all
         self._first_pending_at = 0.0
@@ -419,8 +419,7 @@ class ForwardSink:
         the ack, not an object per event."""
         if acked is not None:
             self.spool.ack(acked)
-        cursor = self.spool.cursor
-        recent = self._recent.take(pos if pos is not None and pos >= cursor else cursor, self.batch_size)
+        recent = self._recent.take(self.spool.read_position(pos), self.batch_size)
         if recent is not None:
             count, end, runs = recent
             self.sent_from_memory += count

@@ -28,7 +28,7 @@ class _Written(NamedTuple):
 
 
 class RecentWrites:
-    def __init__(self, max_events: int, max_bytes: int = 8 << 20):
+    def __init__(self, max_events: int, max_bytes: int = 16 << 20):
         self.max_events = max_events
         self.max_bytes = max_bytes
         self._writes: deque[_Written] = deque()

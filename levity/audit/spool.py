@@ -126,20 +126,20 @@ _tag_heads: dict[str, bytes] = {}  # tag -> the payload's array header and the t
 def encode_frame(tag: str, time_ns: int, record: dict, pack=msgpack.packb) -> bytes:
     """The spool frame of one event: the only time its record is encoded. `pack`: a
     msgpack.Packer's pack, which a caller on one thread can reuse (cheaper than packb)."""
-    head = _tag_heads.get(tag)
-    if head is None:
-        head = _tag_heads[tag] = bytes([FORMAT_V2]) + msgpack.packb(tag)
+    head = _tag_heads.get(tag) or _tag_head(tag)
     seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
     payload = b"".join((head, _ENTRY_START.pack(0x92, 0xD7, 0, seconds, nanoseconds), pack(record)))
     return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _tag_head(tag: str) -> bytes:
+    head = _tag_heads[tag] = bytes([FORMAT_V2]) + msgpack.packb(tag)
+    return head
+
+
 def entry_offset(tag: str) -> int:
     """Where the PackedForward entry starts in a frame that encode_frame made for `tag`."""
-    head = _tag_heads.get(tag)
-    if head is None:
-        head = _tag_heads[tag] = bytes([FORMAT_V2]) + msgpack.packb(tag)
-    return HEADER.size + len(head)
+    return HEADER.size + len(_tag_heads.get(tag) or _tag_head(tag))
 
 
 def _split_payload(payload: bytes, tags: dict[bytes, str]) -> SpooledEvent:
@@ -501,7 +501,7 @@ class Spool:
 
     def read(self, pos: Position | None = None, max_events: int = 500, max_bytes: int = 4 << 20) -> ReadBatch:
         """Up to max_events events from pos (default: the cursor), all from one segment."""
-        pos = self._cursor if pos is None or pos < self._cursor else pos
+        pos = self.read_position(pos)
         while True:
             seg = self._segments.get(pos.segment)
             if seg is None:  # deleted under us (drop_oldest): go on from the cursor
@@ -620,6 +620,10 @@ class Spool:
     @property
     def cursor(self) -> Position:
         return self._cursor
+
+    def read_position(self, pos: Position | None) -> Position:
+        """Where a read from `pos` starts: the cursor when `pos` is None or acknowledged already."""
+        return self._cursor if pos is None or pos < self._cursor else pos
 
     @property
     def end(self) -> Position:
